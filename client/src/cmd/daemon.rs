@@ -1,0 +1,113 @@
+//! `qwen daemon status|start|stop`.
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use qwend_shared::api::daemon_client::DaemonClient;
+use qwend_shared::api::{ShutdownRequest, StatusRequest, StatusResponse};
+use qwend_shared::paths;
+use serde_json::json;
+
+use crate::cli::DaemonAction;
+use crate::connect;
+use crate::error::ClientError;
+
+const STOP_BUDGET: Duration = Duration::from_secs(10);
+
+pub async fn run(action: DaemonAction, as_json: bool) -> Result<ExitCode, ClientError> {
+    let socket = paths::socket_path();
+    match action {
+        DaemonAction::Status | DaemonAction::Start => {
+            let channel = connect::ensure(&socket).await?;
+            let status = DaemonClient::new(channel)
+                .status(StatusRequest {})
+                .await?
+                .into_inner();
+            print_status(&status, as_json);
+        }
+        DaemonAction::Stop => {
+            let Some(channel) = connect::existing(&socket).await? else {
+                if as_json {
+                    println!("{}", json!({"running": false}));
+                } else {
+                    println!("qwend is not running");
+                }
+                return Ok(ExitCode::SUCCESS);
+            };
+            let pid = DaemonClient::new(channel)
+                .shutdown(ShutdownRequest {})
+                .await?
+                .into_inner()
+                .pid;
+            wait_until_gone(&socket).await?;
+            if as_json {
+                println!("{}", json!({"running": false, "pid": pid}));
+            } else {
+                println!("qwend stopped (pid {pid})");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(s: &StatusResponse, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "running": true,
+                "pid": s.pid,
+                "version": s.version,
+                "protocol_version": s.protocol_version,
+                "socket": s.socket,
+                "uptime_s": s.uptime_s,
+            })
+        );
+    } else {
+        println!("qwend {} is running", s.version);
+        println!("  pid       {}", s.pid);
+        println!("  socket    {}", s.socket);
+        println!("  uptime    {}", human_duration(s.uptime_s));
+        println!("  protocol  {}", s.protocol_version);
+    }
+}
+
+fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// The daemon replies before it stops; wait until its socket stops answering so that
+/// `qwen daemon stop && qwen daemon start` really gets a new daemon.
+async fn wait_until_gone(socket: &std::path::Path) -> Result<(), ClientError> {
+    let deadline = Instant::now() + STOP_BUDGET;
+    let mut delay = Duration::from_millis(2);
+    while connect::existing(socket).await?.is_some() {
+        if Instant::now() >= deadline {
+            return Err(ClientError::Rpc(format!(
+                "the daemon accepted the stop request but still answers after {}s",
+                STOP_BUDGET.as_secs()
+            )));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_duration;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(65), "1m 5s");
+        assert_eq!(human_duration(3_700), "1h 1m");
+        assert_eq!(human_duration(90_000), "1d 1h");
+    }
+}

@@ -1,0 +1,44 @@
+//! Client failures and the exit codes the contract gives them.
+use std::process::ExitCode;
+
+/// Exit codes from DESIGN.md.
+pub mod code {
+    pub const FAILURE: u8 = 1;
+    pub const DAEMON_UNREACHABLE: u8 = 5;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the daemon at {socket}: {reason}")]
+    Unreachable { socket: String, reason: String },
+    #[error("cannot start the daemon ({bin}): {reason}")]
+    StartFailed { bin: String, reason: String },
+    #[error("the daemon refused this client: {0}")]
+    Denied(String),
+    #[error("{0}")]
+    Rpc(String),
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Self::Unreachable { .. } | Self::StartFailed { .. } | Self::Denied(_) => {
+                code::DAEMON_UNREACHABLE
+            }
+            Self::Rpc(_) => code::FAILURE,
+        })
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        match s.code() {
+            tonic::Code::PermissionDenied => Self::Denied(s.message().to_string()),
+            tonic::Code::Unavailable => Self::Unreachable {
+                socket: qwend_shared::paths::socket_path().display().to_string(),
+                reason: s.message().to_string(),
+            },
+            _ => Self::Rpc(format!("daemon: {}", s.message())),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Test harness: each test gets its own temp HOME, socket dir and state dir, and runs the
+//! real `qwen` and `qwend` binaries against them. Never the machine's real `~/.qwen`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct TestEnv {
+    pub root: tempfile::TempDir,
+    pub home: PathBuf,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+}
+
+pub fn qwen_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_qwen"))
+}
+
+/// `qwend` is built by the same `cargo test --workspace` run, into the same directory.
+pub fn qwend_bin() -> PathBuf {
+    let p = qwen_bin().with_file_name("qwend");
+    assert!(
+        p.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("qwend-test")
+            .tempdir()
+            .unwrap();
+        let home = root.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        Self {
+            socket: root.path().join("run").join("qwend.sock"),
+            state: root.path().join("state"),
+            home,
+            root,
+        }
+    }
+
+    /// Environment every spawned process gets: nothing from the developer's session that
+    /// could point at a real daemon or a real home.
+    pub fn apply(&self, cmd: &mut Command) {
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("QWEND_SOCKET", &self.socket)
+            .env("QWEND_STATE_DIR", &self.state)
+            .env("QWEND_BIN", qwend_bin())
+            .env("QWEN_LOG", "debug")
+            .stdin(Stdio::null());
+    }
+
+    pub fn qwen_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(qwen_bin());
+        self.apply(&mut c);
+        c.args(args);
+        c
+    }
+
+    pub fn qwen(&self, args: &[&str]) -> Output {
+        self.qwen_cmd(args).output().unwrap()
+    }
+
+    pub fn qwend_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(qwend_bin());
+        self.apply(&mut c);
+        c.args(args);
+        c
+    }
+
+    /// `qwen daemon status --json`, which starts the daemon if needed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.qwen(&["daemon", "status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn daemon_pid(&self) -> u32 {
+        self.status()["pid"].as_u64().unwrap() as u32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("qwend.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.socket.exists() {
+            let _ = self.qwen(&["daemon", "stop"]);
+        }
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| text(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+pub fn kill(pid: u32, signal: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{signal} {pid} failed");
+}
+
+/// Whether a process exists (zombies count as gone: `kill -0` succeeds on them, /proc
+/// state tells).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,169 @@
+//! Starting and stopping the daemon: detaching, the one-daemon-per-socket lock, readiness,
+//! signals and a clean exit that removes the socket.
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use qwend_shared::paths;
+use qwend_shared::transport::{BoundSocket, DaemonLock, TransportError};
+use tokio::sync::Notify;
+
+use crate::cli::Cli;
+use crate::server;
+
+/// The line a detached child prints on stdout once it accepts connections.
+const READY: &str = "ready";
+/// Prefix of the line it prints instead when it cannot start.
+const FAILED: &str = "error: ";
+
+pub fn main(cli: Cli) -> ExitCode {
+    if !cli.foreground && !cli.detached_child {
+        return detach(&cli);
+    }
+    if cli.foreground {
+        crate::logging::to_stderr();
+    } else {
+        crate::logging::to_file(paths::state_dir().as_deref());
+    }
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            if cli.detached_child {
+                report_to_parent(&format!("{FAILED}{e:#}"));
+            } else {
+                eprintln!("qwend: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Start a copy of ourselves in its own session and return once it is serving (exit 0) or
+/// has said why it cannot (exit 1). The `qwen` client relies on this: when `qwend` returns
+/// 0, the socket answers. No polling, no sleeps.
+fn detach(cli: &Cli) -> ExitCode {
+    let socket = cli.socket_path();
+    match spawn_detached(&socket) {
+        Ok(pid) => {
+            eprintln!("qwend: listening on {} (pid {pid})", socket.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("qwend: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn spawn_detached(socket: &Path) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find the qwend executable")?;
+    let mut child = Command::new(exe)
+        .arg("--detached-child")
+        .arg("--socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        // Its own process group, so a Ctrl-C aimed at the client's terminal spares it.
+        .process_group(0)
+        .spawn()
+        .context("cannot start the daemon process")?;
+    let pid = child.id();
+    let out = child.stdout.take().context("no pipe to the daemon")?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).ok();
+    let line = line.trim_end();
+    if line == READY {
+        return Ok(pid);
+    }
+    let _ = child.wait();
+    match line.strip_prefix(FAILED) {
+        Some(msg) => anyhow::bail!("{msg}"),
+        None => anyhow::bail!(
+            "the daemon exited before it was ready; see {}",
+            paths::state_dir()
+                .map(|d| d.join(crate::logging::LOG_FILE).display().to_string())
+                .unwrap_or_else(|| "its log".into())
+        ),
+    }
+}
+
+fn report_to_parent(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// After signalling readiness the detached child must not keep the parent's pipe open
+/// (the parent would never see EOF, and a later write could raise SIGPIPE).
+fn silence_stdout() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdout(&null);
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let socket = cli.socket_path();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(cli, socket))
+}
+
+async fn serve(cli: &Cli, socket: PathBuf) -> anyhow::Result<()> {
+    let dir = socket
+        .parent()
+        .ok_or_else(|| TransportError::NoParent(socket.clone()))?;
+    qwend_shared::transport::ensure_private_dir(dir)?;
+    let lock = DaemonLock::acquire(&paths::lock_path_for(&socket))?;
+    let bound = BoundSocket::bind(&socket)?;
+    let (listener, guard) = bound.into_parts();
+
+    let shutdown = Arc::new(Notify::new());
+    let state = server::DaemonState {
+        started: Instant::now(),
+        socket: socket.clone(),
+        shutdown: shutdown.clone(),
+    };
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), version = qwend_shared::VERSION, "qwend serving");
+    if cli.detached_child {
+        report_to_parent(READY);
+        silence_stdout();
+    }
+
+    let stop = async move {
+        let reason = wait_for_stop(&shutdown).await;
+        tracing::info!("shutting down ({reason}); finishing in-flight calls");
+    };
+    server::serve(state, listener, stop).await?;
+    drop(guard);
+    drop(lock);
+    tracing::info!("qwend stopped");
+    Ok(())
+}
+
+async fn wait_for_stop(shutdown: &Notify) -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            shutdown.notified().await;
+            return "Shutdown requested";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = shutdown.notified() => "Shutdown requested",
+    }
+}

@@ -1,0 +1,50 @@
+//! Log setup: stderr in the foreground, a 0600 file in the state dir when detached.
+//! `QWEN_LOG` (or else `RUST_LOG`) filters, with `tracing_subscriber`'s syntax.
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tracing_subscriber::EnvFilter;
+
+pub const LOG_FILE: &str = "qwend.log";
+
+fn filter() -> EnvFilter {
+    let spec = std::env::var("QWEN_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+pub fn to_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Log to `<state_dir>/qwend.log`. Returns the path, or `None` when the directory cannot
+/// be written: the daemon still serves (its jobs do not depend on logging), silently.
+pub fn to_file(state_dir: Option<&Path>) -> Option<PathBuf> {
+    let dir = state_dir?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .ok()?;
+    let path = dir.join(LOG_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .ok()?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .try_init();
+    Some(path)
+}
+
+use std::os::unix::fs::DirBuilderExt;

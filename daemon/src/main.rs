@@ -1,0 +1,5 @@
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    qwend::lifecycle::main(qwend::cli::Cli::parse())
+}

@@ -1,0 +1,370 @@
+//! The local transport: a Unix domain socket in a private directory, one daemon per socket
+//! (an advisory lock beside it), and a per-call check that the peer is the same user.
+//!
+//! Every platform-specific piece lives in this file so a port (a named pipe on Windows)
+//! touches one module. Only Unix is implemented and tested today.
+#[cfg(not(unix))]
+compile_error!(
+    "qwend currently supports Unix (Linux, macOS); the Windows named-pipe transport belongs in shared/src/transport.rs"
+);
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+use tonic::transport::server::UdsConnectInfo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("socket directory {path}: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error(
+        "socket directory {path} is owned by uid {owner}, not by you (uid {me}); refusing to use it"
+    )]
+    DirNotOwned { path: PathBuf, owner: u32, me: u32 },
+    #[error(
+        "socket directory {path} has mode {mode:o}; it must not be accessible to others (expected 0700); fix with: chmod 700 {path}"
+    )]
+    DirTooOpen { path: PathBuf, mode: u32 },
+    #[error("socket path {0} has no parent directory")]
+    NoParent(PathBuf),
+    #[error("lock file {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("already running (pid {pid})")]
+    AlreadyRunning { pid: String },
+    #[error("cannot listen on {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("cannot connect to {path}: {source}")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("gRPC channel to {path}: {source}")]
+    Channel {
+        path: PathBuf,
+        source: tonic::transport::Error,
+    },
+}
+
+pub fn current_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// Create (0700) or validate the directory that holds the socket. A directory that another
+/// user owns, or that others can enter, could let them replace our socket: refuse it.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), TransportError> {
+    let err = |source| TransportError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err(e)),
+    }
+    let meta = fs::symlink_metadata(dir).map_err(err)?;
+    if !meta.is_dir() {
+        return Err(err(io::Error::other("not a directory")));
+    }
+    let me = current_uid();
+    if meta.uid() != me {
+        return Err(TransportError::DirNotOwned {
+            path: dir.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(TransportError::DirTooOpen {
+            path: dir.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Held for the daemon's whole life: an exclusive `flock` on `<socket>.lock`, which also
+/// records the holder's pid. The kernel drops the lock when the process dies, so a killed
+/// daemon never blocks the next one, and whoever holds the lock may treat any socket file
+/// it finds as stale.
+#[derive(Debug)]
+pub struct DaemonLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl DaemonLock {
+    pub fn acquire(path: &Path) -> Result<Self, TransportError> {
+        let lock_err = |source| TransportError::Lock {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(lock_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(TransportError::AlreadyRunning {
+                    pid: if pid.is_empty() { "unknown" } else { pid }.to_string(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+        }
+        file.set_len(0).map_err(lock_err)?;
+        file.rewind().map_err(lock_err)?;
+        writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
+        file.flush().map_err(lock_err)?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for DaemonLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
+    }
+}
+
+/// A socket we bound, remembered by inode so we only ever unlink our own file (never one a
+/// newer daemon or a service manager put there).
+#[derive(Debug)]
+pub struct BoundSocket {
+    pub listener: UnixListener,
+    pub path: PathBuf,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl BoundSocket {
+    /// Bind `path` (0600). Call only while holding the [`DaemonLock`]: any file already
+    /// there is a stale socket from a daemon that died, and is replaced.
+    pub fn bind(path: &Path) -> Result<Self, TransportError> {
+        let bind_err = |source| TransportError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .ok_or_else(|| TransportError::NoParent(path.to_path_buf()))?;
+        ensure_private_dir(dir)?;
+        match fs::remove_file(path) {
+            Ok(()) => tracing::info!(socket = %path.display(), "replaced a stale socket"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bind_err(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        let meta = fs::symlink_metadata(path).map_err(bind_err)?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+            ino: meta.ino(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+
+    /// Adopt a listener handed over by a service manager (socket activation). We did not
+    /// create the file, so we never remove it.
+    pub fn adopt(listener: UnixListener, path: PathBuf) -> Self {
+        Self {
+            listener,
+            path,
+            ino: 0,
+            ctime: (0, 0),
+        }
+    }
+
+    /// Split into the listener to serve and a guard that unlinks our socket file.
+    pub fn into_parts(self) -> (UnixListener, SocketGuard) {
+        (
+            self.listener,
+            SocketGuard {
+                path: self.path,
+                ino: self.ino,
+                ctime: self.ctime,
+            },
+        )
+    }
+}
+
+/// Removes the socket file on drop if it is still the one we created.
+#[derive(Debug)]
+pub struct SocketGuard {
+    path: PathBuf,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if self.ino == 0 {
+            return;
+        }
+        // Inode numbers get reused at once on some filesystems: also require a socket
+        // whose status change is no newer than ours.
+        if let Ok(meta) = fs::symlink_metadata(&self.path)
+            && meta.file_type().is_socket()
+            && meta.ino() == self.ino
+            && (meta.ctime(), meta.ctime_nsec()) == self.ctime
+        {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The uid of the process at the other end of a connection, as tonic records it.
+pub fn peer_uid<T>(req: &tonic::Request<T>) -> Option<u32> {
+    req.extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .map(|cred| cred.uid())
+}
+
+/// gRPC interceptor run on every call: only the daemon's own user may talk to it. The
+/// socket's 0600 mode already keeps others out; this also covers root-owned tricks such as
+/// a socket handed to another user's process.
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+pub fn check_peer(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let me = current_uid();
+    match peer_uid(&req) {
+        Some(uid) if uid == me => Ok(req),
+        Some(uid) => Err(tonic::Status::permission_denied(format!(
+            "qwend serves uid {me} only; the caller is uid {uid}"
+        ))),
+        None => Err(tonic::Status::permission_denied(
+            "qwend could not identify the caller's uid",
+        )),
+    }
+}
+
+/// Open a gRPC channel over the socket. Fails fast (no retry) when nothing listens, so the
+/// client can decide to start a daemon.
+pub async fn connect(path: &Path) -> Result<Channel, TransportError> {
+    // Connect once up front: tonic's lazy connector would otherwise turn "no daemon" into
+    // a generic transport error on the first call.
+    let first = UnixStream::connect(path)
+        .await
+        .map_err(|source| TransportError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut first = Some(first);
+    let socket = path.to_path_buf();
+    // The URI is required by the API but unused: the connector below ignores it.
+    Endpoint::from_static("http://qwend.local")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let pre = first.take();
+            let socket = socket.clone();
+            async move {
+                let stream = match pre {
+                    Some(s) => s,
+                    None => UnixStream::connect(&socket).await?,
+                };
+                Ok::<_, io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .map_err(|source| TransportError::Channel {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Whether a connect error means "no daemon is there" (as opposed to, say, EACCES).
+pub fn is_not_running(err: &TransportError) -> bool {
+    match err {
+        TransportError::Connect { source, .. } => matches!(
+            source.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+        ),
+        TransportError::Channel { .. } => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_dir_is_created_0700() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("a/b");
+        ensure_private_dir(&d).unwrap();
+        let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn open_dir_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("open");
+        fs::create_dir(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        let e = ensure_private_dir(&d).unwrap_err();
+        assert!(matches!(e, TransportError::DirTooOpen { .. }), "{e}");
+        assert!(e.to_string().contains("chmod 700"));
+    }
+
+    #[test]
+    fn second_lock_reports_pid() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("s.lock");
+        let held = DaemonLock::acquire(&p).unwrap();
+        let e = DaemonLock::acquire(&p).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("already running (pid {})", std::process::id())
+        );
+        drop(held);
+        DaemonLock::acquire(&p).unwrap();
+    }
+
+    #[tokio::test]
+    async fn bind_replaces_stale_file_and_guard_removes_only_ours() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("d");
+        ensure_private_dir(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        fs::write(&sock, b"stale").unwrap();
+        let bound = BoundSocket::bind(&sock).unwrap();
+        let mode = fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (listener, guard) = bound.into_parts();
+        drop(listener);
+        // Someone else's file now sits at the path: the guard must leave it alone.
+        fs::remove_file(&sock).unwrap();
+        fs::write(&sock, b"other").unwrap();
+        drop(guard);
+        assert!(sock.exists());
+    }
+
+    #[tokio::test]
+    async fn connect_to_nothing_is_not_running() {
+        let t = tempfile::tempdir().unwrap();
+        let e = connect(&t.path().join("none.sock")).await.unwrap_err();
+        assert!(is_not_running(&e), "{e}");
+    }
+}
