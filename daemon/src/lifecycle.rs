@@ -123,6 +123,9 @@ async fn serve(cli: &Cli, socket: PathBuf) -> anyhow::Result<()> {
         .ok_or_else(|| TransportError::NoParent(socket.clone()))?;
     qwend_shared::transport::ensure_private_dir(dir)?;
     let lock = DaemonLock::acquire(&paths::lock_path_for(&socket))?;
+    // Handlers before readiness: a SIGTERM sent the moment we report ready must still
+    // take the clean path instead of killing the process.
+    let signals = Signals::install().context("cannot install signal handlers")?;
     let bound = BoundSocket::bind(&socket)?;
     let (listener, guard) = bound.into_parts();
 
@@ -139,31 +142,37 @@ async fn serve(cli: &Cli, socket: PathBuf) -> anyhow::Result<()> {
     }
 
     let stop = async move {
-        let reason = wait_for_stop(&shutdown).await;
+        let reason = signals.wait(&shutdown).await;
+        // Unlink first: from now on clients see "not running" (and may start a successor,
+        // which waits for our lock) while we finish the calls already in flight.
+        drop(guard);
         tracing::info!("shutting down ({reason}); finishing in-flight calls");
     };
     server::serve(state, listener, stop).await?;
-    drop(guard);
     drop(lock);
     tracing::info!("qwend stopped");
     Ok(())
 }
 
-async fn wait_for_stop(shutdown: &Notify) -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            shutdown.notified().await;
-            return "Shutdown requested";
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self, shutdown: &Notify) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = shutdown.notified() => "Shutdown requested",
         }
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-        _ = shutdown.notified() => "Shutdown requested",
     }
 }

@@ -147,6 +147,29 @@ impl Drop for DaemonLock {
     }
 }
 
+/// Block until no daemon holds the lock at `path` (it exited, or never ran), at most
+/// `timeout`. Event-driven: the kernel wakes us when the holder's lock goes away, however
+/// the process ended. Returns false on timeout.
+pub fn wait_for_lock_release(path: &Path, timeout: std::time::Duration) -> io::Result<bool> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A blocking flock cannot be cancelled; on timeout the thread is simply left behind
+    // (callers are short-lived clients).
+    std::thread::spawn(move || {
+        let res = file.lock_shared();
+        drop(file);
+        let _ = tx.send(res);
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(res) => res.map(|()| true),
+        Err(_) => Ok(false),
+    }
+}
+
 /// A socket we bound, remembered by inode so we only ever unlink our own file (never one a
 /// newer daemon or a service manager put there).
 #[derive(Debug)]
@@ -340,6 +363,27 @@ mod tests {
         );
         drop(held);
         DaemonLock::acquire(&p).unwrap();
+    }
+
+    #[test]
+    fn lock_release_is_seen_when_the_holder_goes() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("s.lock");
+        let short = std::time::Duration::from_millis(50);
+        assert!(
+            wait_for_lock_release(&p, short).unwrap(),
+            "no file: nothing holds it"
+        );
+        let held = DaemonLock::acquire(&p).unwrap();
+        assert!(!wait_for_lock_release(&p, short).unwrap());
+        let waiter = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                wait_for_lock_release(&p, std::time::Duration::from_secs(30))
+            })
+        };
+        drop(held);
+        assert!(waiter.join().unwrap().unwrap());
     }
 
     #[tokio::test]

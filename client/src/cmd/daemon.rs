@@ -1,10 +1,11 @@
 //! `qwen daemon status|start|stop`.
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qwend_shared::api::daemon_client::DaemonClient;
 use qwend_shared::api::{ShutdownRequest, StatusRequest, StatusResponse};
-use qwend_shared::paths;
+use qwend_shared::{paths, transport};
 use serde_json::json;
 
 use crate::cli::DaemonAction;
@@ -81,22 +82,23 @@ fn human_duration(secs: u64) -> String {
     }
 }
 
-/// The daemon replies before it stops; wait until its socket stops answering so that
-/// `qwen daemon stop && qwen daemon start` really gets a new daemon.
-async fn wait_until_gone(socket: &std::path::Path) -> Result<(), ClientError> {
-    let deadline = Instant::now() + STOP_BUDGET;
-    let mut delay = Duration::from_millis(2);
-    while connect::existing(socket).await?.is_some() {
-        if Instant::now() >= deadline {
-            return Err(ClientError::Rpc(format!(
-                "the daemon accepted the stop request but still answers after {}s",
-                STOP_BUDGET.as_secs()
-            )));
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(100));
+/// The daemon replies before it stops; wait until it has exited (its lock is released) so
+/// that `qwen daemon stop && qwen daemon start` really gets a new daemon.
+async fn wait_until_gone(socket: &Path) -> Result<(), ClientError> {
+    let lock = paths::lock_path_for(socket);
+    let released =
+        tokio::task::spawn_blocking(move || transport::wait_for_lock_release(&lock, STOP_BUDGET))
+            .await
+            .map_err(|e| ClientError::Rpc(e.to_string()))?
+            .map_err(|e| ClientError::Rpc(format!("cannot watch the daemon's lock: {e}")))?;
+    if released {
+        Ok(())
+    } else {
+        Err(ClientError::Rpc(format!(
+            "the daemon accepted the stop request but is still running after {}s",
+            STOP_BUDGET.as_secs()
+        )))
     }
-    Ok(())
 }
 
 #[cfg(test)]

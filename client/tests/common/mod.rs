@@ -124,14 +124,20 @@ pub fn kill(pid: u32, signal: &str) {
     assert!(st.success(), "kill -{signal} {pid} failed");
 }
 
-/// Whether a process exists (zombies count as gone: `kill -0` succeeds on them, /proc
-/// state tells).
+/// Whether any thread of a process is still alive. The main thread of a killed
+/// multi-threaded process turns zombie before its other threads have exited (and they hold
+/// its file descriptors, sockets included), so every thread is checked.
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).any(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                let state = s.rsplit_once(')')?.1.trim_start().chars().next()?;
+                Some(!matches!(state, 'Z' | 'X'))
+            })
+            .unwrap_or(false)
+    })
 }

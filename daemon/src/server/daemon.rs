@@ -1,28 +1,19 @@
-//! The gRPC services the daemon serves on its socket.
-use std::future::Future;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
-
-use qwend_shared::api::daemon_server::{Daemon, DaemonServer};
+//! `qwend.v1.Daemon`: status and shutdown of the daemon process.
+use qwend_shared::api::daemon_server::Daemon;
 use qwend_shared::api::{ShutdownRequest, ShutdownResponse, StatusRequest, StatusResponse};
-use qwend_shared::transport::check_peer;
-use tokio::net::UnixListener;
-use tokio::sync::Notify;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
-/// What the lifecycle services need to know about this daemon process.
-#[derive(Debug, Clone)]
-pub struct DaemonState {
-    pub started: Instant,
-    pub socket: PathBuf,
-    pub shutdown: Arc<Notify>,
-}
+use super::DaemonState;
 
 #[derive(Debug)]
 pub struct DaemonService {
     state: DaemonState,
+}
+
+impl DaemonService {
+    pub fn new(state: DaemonState) -> Self {
+        Self { state }
+    }
 }
 
 #[tonic::async_trait]
@@ -52,17 +43,4 @@ impl Daemon for DaemonService {
             pid: std::process::id(),
         }))
     }
-}
-
-/// Serve every service on `listener` until `stop` completes, then finish in-flight calls.
-pub async fn serve(
-    state: DaemonState,
-    listener: UnixListener,
-    stop: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .layer(tonic::service::InterceptorLayer::new(check_peer))
-        .add_service(DaemonServer::new(DaemonService { state }))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
-        .await
 }
