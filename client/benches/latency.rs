@@ -52,6 +52,7 @@ fn in_process_round_trip(dir: &Path) -> Vec<Duration> {
     server_rt.spawn(qwend::server::serve(
         state,
         listener,
+        qwend::idle::Connections::new(),
         std::future::pending(),
     ));
     let client_rt = tokio::runtime::Builder::new_current_thread()

@@ -15,6 +15,11 @@ pub struct Cli {
     #[arg(long)]
     pub foreground: bool,
 
+    /// Exit after this many seconds without any client connection (0 = never). Meant for
+    /// socket activation, where the service manager starts the daemon again on demand.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub idle_timeout: u64,
+
     /// Internal: we are the detached child; report readiness on stdout, then go quiet.
     #[arg(long, hide = true)]
     pub detached_child: bool,

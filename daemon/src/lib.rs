@@ -1,7 +1,9 @@
 //! qwend: the per-user credential daemon behind the `qwen` client.
+pub mod activation;
 pub mod cli;
 pub mod clock;
 pub mod credentials;
+pub mod idle;
 pub mod lifecycle;
 pub mod logging;
 pub mod server;

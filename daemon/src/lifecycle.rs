@@ -16,6 +16,8 @@ use crate::server;
 
 /// The line a detached child prints on stdout once it accepts connections.
 const READY: &str = "ready";
+/// How long in-flight calls may run on after a stop request.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Prefix of the line it prints instead when it cannot start.
 const FAILED: &str = "error: ";
 
@@ -109,15 +111,22 @@ fn silence_stdout() {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let socket = cli.socket_path();
+    // Before the runtime exists: inherited descriptors must be claimed before anything else
+    // could open (and so reuse) fd numbers.
+    let inherited = crate::activation::take_inherited(socket.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(cli, socket))
+    runtime.block_on(serve(cli, socket, inherited))
 }
 
-async fn serve(cli: &Cli, socket: PathBuf) -> anyhow::Result<()> {
+async fn serve(
+    cli: &Cli,
+    socket: PathBuf,
+    inherited: Option<crate::activation::Inherited>,
+) -> anyhow::Result<()> {
     let dir = socket
         .parent()
         .ok_or_else(|| TransportError::NoParent(socket.clone()))?;
@@ -126,8 +135,17 @@ async fn serve(cli: &Cli, socket: PathBuf) -> anyhow::Result<()> {
     // Handlers before readiness: a SIGTERM sent the moment we report ready must still
     // take the clean path instead of killing the process.
     let signals = Signals::install().context("cannot install signal handlers")?;
-    let bound = BoundSocket::bind(&socket)?;
+    let bound = match inherited {
+        Some(inherited) => {
+            let b = inherited.into_bound()?;
+            tracing::info!(socket = %b.path.display(), "using the socket passed by the service manager");
+            b
+        }
+        None => BoundSocket::bind(&socket)?,
+    };
+    let socket = bound.path.clone();
     let (listener, guard) = bound.into_parts();
+    let connections = crate::idle::Connections::new();
 
     let shutdown = Arc::new(Notify::new());
     let state = server::DaemonState {
@@ -141,14 +159,36 @@ async fn serve(cli: &Cli, socket: PathBuf) -> anyhow::Result<()> {
         silence_stdout();
     }
 
-    let stop = async move {
-        let reason = signals.wait(&shutdown).await;
-        // Unlink first: from now on clients see "not running" (and may start a successor,
-        // which waits for our lock) while we finish the calls already in flight.
-        drop(guard);
-        tracing::info!("shutting down ({reason}); finishing in-flight calls");
+    let idle = (cli.idle_timeout > 0).then(|| {
+        let conns = connections.clone();
+        let timeout = std::time::Duration::from_secs(cli.idle_timeout);
+        async move { conns.idle_for(timeout).await }
+    });
+    let stopping = Arc::new(Notify::new());
+    let stop = {
+        let stopping = stopping.clone();
+        async move {
+            let reason = signals.wait(&shutdown, idle).await;
+            // Unlink first: from now on clients see "not running" (and may start a
+            // successor, which waits for our lock) while we finish the calls in flight.
+            drop(guard);
+            tracing::info!("shutting down ({reason}); finishing in-flight calls");
+            stopping.notify_one();
+        }
     };
-    server::serve(state, listener, stop).await?;
+    // In-flight calls get a grace period; a client that keeps a connection or a stream
+    // open must not keep the daemon alive forever.
+    let grace = async {
+        stopping.notified().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        res = server::serve(state, listener, connections, stop) => res?,
+        _ = grace => tracing::warn!(
+            "in-flight calls still running after {}s; exiting anyway",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
     drop(lock);
     tracing::info!("qwend stopped");
     Ok(())
@@ -168,11 +208,22 @@ impl Signals {
         })
     }
 
-    async fn wait(mut self, shutdown: &Notify) -> &'static str {
+    async fn wait(
+        mut self,
+        shutdown: &Notify,
+        idle: Option<impl std::future::Future<Output = ()>>,
+    ) -> &'static str {
+        let idle = async {
+            match idle {
+                Some(f) => f.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
             _ = shutdown.notified() => "Shutdown requested",
+            _ = idle => "idle timeout",
         }
     }
 }

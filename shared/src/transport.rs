@@ -296,7 +296,13 @@ pub async fn connect(path: &Path) -> Result<Channel, TransportError> {
     let mut first = Some(first);
     let socket = path.to_path_buf();
     // The URI is required by the API but unused: the connector below ignores it.
+    // HTTP/2 keep-alive pings bound every call, long-held ones included, to the daemon
+    // actually answering: a wedged daemon, or a socket nobody accepts on, fails the call
+    // after a few seconds instead of hanging every client forever.
     Endpoint::from_static("http://qwend.local")
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let pre = first.take();
             let socket = socket.clone();
@@ -314,6 +320,9 @@ pub async fn connect(path: &Path) -> Result<Channel, TransportError> {
             source,
         })
 }
+
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Whether a connect error means "no daemon is there" (as opposed to, say, EACCES).
 pub fn is_not_running(err: &TransportError) -> bool {
@@ -403,6 +412,21 @@ mod tests {
         fs::write(&sock, b"other").unwrap();
         drop(guard);
         assert!(sock.exists());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_never_answers_fails_the_call_instead_of_hanging() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("mute.sock");
+        // Bound and listening, but nobody ever accepts: the kernel completes the connect.
+        let _mute = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        let channel = connect(&p).await.unwrap();
+        let mut client = crate::api::daemon_client::DaemonClient::new(channel);
+        let status = client
+            .status(crate::api::StatusRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
     }
 
     #[tokio::test]

@@ -11,7 +11,10 @@ use qwend_shared::api::daemon_server::DaemonServer;
 use qwend_shared::transport::check_peer;
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::idle::Connections;
 
 /// What the lifecycle services need to know about this daemon process.
 #[derive(Debug, Clone)]
@@ -22,14 +25,37 @@ pub struct DaemonState {
 }
 
 /// Serve every service on `listener` until `stop` completes, then finish in-flight calls.
+/// Besides the `qwend.v1` services: gRPC server reflection and the standard health
+/// service, so generic tools (grpcurl, grpc_health_probe) can explore the socket.
 pub async fn serve(
     state: DaemonState,
     listener: UnixListener,
+    connections: Arc<Connections>,
     stop: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(qwend_shared::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<DaemonServer<DaemonService>>()
+        .await;
+    let incoming = UnixListenerStream::new(listener).map(move |s| s.map(|s| connections.track(s)));
     tonic::transport::Server::builder()
         .layer(tonic::service::InterceptorLayer::new(check_peer))
+        .add_service(health)
+        .add_service(reflection)
         .add_service(DaemonServer::new(DaemonService::new(state)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
-        .await
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
 }
