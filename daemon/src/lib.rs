@@ -7,3 +7,4 @@ pub mod idle;
 pub mod lifecycle;
 pub mod logging;
 pub mod server;
+pub mod store;

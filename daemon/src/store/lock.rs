@@ -1,0 +1,332 @@
+//! Qwen Code's cross-process lock for `oauth_creds.json`: a sibling `oauth_creds.lock`
+//! created exclusively, holding a random id, judged stale by its mtime after 35 s, removed
+//! to release. Qwen Code 0.24.4 (`SharedTokenManager.acquireLock`) takes it around every
+//! token refresh; we take it around every write so neither side loses an update.
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::fsutil::{mtime_ms, uuid_v4};
+use crate::clock::Clock;
+
+/// Qwen Code's `LOCK_TIMEOUT_MS`.
+pub const STALE_AFTER_MS: i64 = 35_000;
+
+/// How hard to try. The default copies Qwen Code (20 attempts, 100 ms growing ×1.5 up to
+/// 2 s: about 29 s in all), so we wait as long as it would for a refresh in flight.
+#[derive(Debug, Clone)]
+pub struct LockConfig {
+    pub max_attempts: u32,
+    pub initial_interval: Duration,
+    pub max_interval: Duration,
+    /// A lock whose mtime is older than this (by the injected clock) is taken over.
+    pub stale_after_ms: i64,
+}
+
+impl Default for LockConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 20,
+            initial_interval: Duration::from_millis(100),
+            max_interval: Duration::from_secs(2),
+            stale_after_ms: STALE_AFTER_MS,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "lock {} is held by another process (gave up after {attempts} attempts)",
+        path.display()
+    )]
+    Timeout { path: PathBuf, attempts: u32 },
+    #[error("cannot {action} lock {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A held lock. Released (the file removed) by [`CredsLock::release`] or on drop.
+#[derive(Debug)]
+pub struct CredsLock {
+    path: PathBuf,
+    /// `None` when writing the id failed: the lock is still ours but unrecognizable.
+    id: Option<String>,
+    held: bool,
+}
+
+impl CredsLock {
+    /// Blocks (sleeping between attempts) until the lock is ours or the attempts run out.
+    pub fn acquire(path: &Path, clock: &dyn Clock, cfg: &LockConfig) -> Result<Self, LockError> {
+        let id = uuid_v4();
+        let mut interval = cfg.initial_interval;
+        for _ in 0..cfg.max_attempts.max(1) {
+            match OpenOptions::new().write(true).create_new(true).open(path) {
+                Ok(mut f) => {
+                    // An empty lock file still excludes others; the id only lets us avoid
+                    // removing a lock someone took over after judging ours stale.
+                    let written = f.write_all(id.as_bytes()).is_ok();
+                    return Ok(Self {
+                        path: path.to_path_buf(),
+                        id: written.then_some(id),
+                        held: true,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    match fs::metadata(path) {
+                        Ok(md) => {
+                            let age = mtime_ms(&md).map(|m| clock.now_ms() - m);
+                            if age.is_ok_and(|a| a > cfg.stale_after_ms) && remove_stale(path) {
+                                tracing::warn!(lock = %path.display(), "removed a stale credential lock");
+                                continue;
+                            }
+                        }
+                        // Released between our create and stat: try again at once.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(_) => {}
+                    }
+                    std::thread::sleep(interval);
+                    interval = interval.mul_f64(1.5).min(cfg.max_interval);
+                }
+                Err(source) => {
+                    return Err(LockError::Io {
+                        path: path.to_path_buf(),
+                        action: "create",
+                        source,
+                    });
+                }
+            }
+        }
+        Err(LockError::Timeout {
+            path: path.to_path_buf(),
+            attempts: cfg.max_attempts.max(1),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Refreshes the mtime so a long operation under the lock is not judged stale.
+    pub fn touch(&self) -> Result<(), LockError> {
+        OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .and_then(|f| f.set_modified(SystemTime::now()))
+            .map_err(|source| LockError::Io {
+                path: self.path.clone(),
+                action: "refresh",
+                source,
+            })
+    }
+
+    /// Removes the lock file if it is still ours. Failure is only logged: a leftover lock
+    /// goes stale on its own, and the protected write has already happened.
+    pub fn release(mut self) {
+        self.release_inner();
+    }
+
+    fn release_inner(&mut self) {
+        if !std::mem::take(&mut self.held) {
+            return;
+        }
+        match fs::read_to_string(&self.path) {
+            Ok(content) if self.id.as_ref().is_none_or(|id| *id == content) => {
+                if let Err(e) = fs::remove_file(&self.path)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    tracing::warn!(lock = %self.path.display(), error = %e, "cannot release credential lock");
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(lock = %self.path.display(), "credential lock was taken over while held; leaving it to its new owner");
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(lock = %self.path.display(), error = %e, "cannot read credential lock to release it");
+            }
+        }
+    }
+}
+
+impl Drop for CredsLock {
+    fn drop(&mut self) {
+        self.release_inner();
+    }
+}
+
+/// Renames before deleting, as Qwen Code does, so that of several processes judging the
+/// same lock stale only one removes it (and not a fresh lock created in between).
+fn remove_stale(path: &Path) -> bool {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".stale.{}", uuid_v4()));
+    let grave = PathBuf::from(name);
+    if fs::rename(path, &grave).is_err() {
+        return false;
+    }
+    let _ = fs::remove_file(&grave);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{ManualClock, SystemClock};
+    use std::sync::{Arc, Barrier};
+
+    fn quick() -> LockConfig {
+        LockConfig {
+            max_attempts: 3,
+            initial_interval: Duration::from_millis(1),
+            max_interval: Duration::from_millis(2),
+            stale_after_ms: STALE_AFTER_MS,
+        }
+    }
+
+    fn set_age(path: &Path, secs: u64) {
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn acquire_writes_an_id_and_release_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("oauth_creds.lock");
+        let lock = CredsLock::acquire(&p, &SystemClock, &quick()).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap().len(), 36);
+        lock.release();
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn a_fresh_foreign_lock_is_respected_until_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("oauth_creds.lock");
+        fs::write(&p, "qwen-code-uuid").unwrap();
+        set_age(&p, 30);
+        let err = CredsLock::acquire(&p, &SystemClock, &quick()).unwrap_err();
+        assert!(
+            matches!(err, LockError::Timeout { attempts: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(&p).unwrap(), "qwen-code-uuid");
+    }
+
+    #[test]
+    fn a_lock_older_than_35s_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("oauth_creds.lock");
+        fs::write(&p, "dead-process").unwrap();
+        set_age(&p, 36);
+        let lock = CredsLock::acquire(&p, &SystemClock, &quick()).unwrap();
+        assert_ne!(fs::read_to_string(&p).unwrap(), "dead-process");
+        drop(lock);
+        assert!(!p.exists());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no .stale leftovers"
+        );
+    }
+
+    #[test]
+    fn staleness_is_judged_by_the_injected_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("oauth_creds.lock");
+        fs::write(&p, "other").unwrap();
+        let mtime = mtime_ms(&fs::metadata(&p).unwrap()).unwrap();
+        let clock = ManualClock::new(mtime + STALE_AFTER_MS);
+        assert!(matches!(
+            CredsLock::acquire(&p, &*clock, &quick()),
+            Err(LockError::Timeout { .. })
+        ));
+        clock.advance_ms(1);
+        let lock = CredsLock::acquire(&p, &*clock, &quick()).unwrap();
+        lock.release();
+    }
+
+    #[test]
+    fn release_leaves_a_lock_that_was_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("oauth_creds.lock");
+        let lock = CredsLock::acquire(&p, &SystemClock, &quick()).unwrap();
+        fs::write(&p, "new-owner").unwrap();
+        lock.release();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "new-owner");
+    }
+
+    #[test]
+    fn touch_renews_the_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("oauth_creds.lock");
+        let lock = CredsLock::acquire(&p, &SystemClock, &quick()).unwrap();
+        set_age(&p, 100);
+        lock.touch().unwrap();
+        let age = SystemClock.now_ms() - mtime_ms(&fs::metadata(&p).unwrap()).unwrap();
+        assert!(age < 5_000, "{age}");
+    }
+
+    #[test]
+    fn a_missing_directory_is_a_typed_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nope/oauth_creds.lock");
+        let err = CredsLock::acquire(&p, &SystemClock, &quick()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LockError::Io {
+                    action: "create",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("nope/oauth_creds.lock"));
+    }
+
+    #[test]
+    fn holders_exclude_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Arc::new(dir.path().join("oauth_creds.lock"));
+        let counter = Arc::new(dir.path().join("counter"));
+        fs::write(&*counter, "0").unwrap();
+        let threads = 8;
+        let start = Arc::new(Barrier::new(threads));
+        let cfg = LockConfig {
+            max_attempts: 10_000,
+            initial_interval: Duration::from_micros(50),
+            max_interval: Duration::from_micros(200),
+            stale_after_ms: STALE_AFTER_MS,
+        };
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (p, counter, start, cfg) =
+                    (p.clone(), counter.clone(), start.clone(), cfg.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    for _ in 0..20 {
+                        let lock = CredsLock::acquire(&p, &SystemClock, &cfg).unwrap();
+                        // A read-modify-write that loses updates unless the lock excludes.
+                        let n: u32 = fs::read_to_string(&*counter).unwrap().parse().unwrap();
+                        fs::write(&*counter, (n + 1).to_string()).unwrap();
+                        lock.release();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(fs::read_to_string(&*counter).unwrap(), "160");
+        assert!(!p.exists());
+    }
+}
