@@ -48,6 +48,7 @@ fn in_process_round_trip(dir: &Path) -> Vec<Duration> {
         started: Instant::now(),
         socket: socket.clone(),
         shutdown: Arc::new(tokio::sync::Notify::new()),
+        resolver: Arc::new(qwend::dotenv::Resolver::default()),
     };
     server_rt.spawn(qwend::server::serve(
         state,

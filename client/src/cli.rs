@@ -1,5 +1,7 @@
 //! The `qwen` command line.
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,6 +21,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Show which .env file applies to a directory and what it sets.
+    Env(EnvArgs),
     /// Manage the background daemon (qwend).
     Daemon {
         #[command(subcommand)]
@@ -34,4 +38,58 @@ pub enum DaemonAction {
     Start,
     /// Stop the daemon (it finishes in-flight calls first).
     Stop,
+    /// Register qwend with the service manager (systemd user units with socket
+    /// activation on Linux, a LaunchAgent on macOS) and enable it.
+    Install {
+        #[command(flatten)]
+        kind: ServiceChoice,
+        /// Print the unit files instead of installing them.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Disable and remove what `install` set up.
+    Uninstall {
+        #[command(flatten)]
+        kind: ServiceChoice,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct ServiceChoice {
+    /// systemd user units (default on Linux).
+    #[arg(long)]
+    pub systemd: bool,
+    /// launchd LaunchAgent (default on macOS).
+    #[arg(long)]
+    pub launchd: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    Systemd,
+    Launchd,
+}
+
+impl ServiceChoice {
+    pub fn kind(&self) -> Option<ServiceKind> {
+        match (self.systemd, self.launchd) {
+            (true, _) => Some(ServiceKind::Systemd),
+            (_, true) => Some(ServiceKind::Launchd),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// Resolve for this directory instead of the current one.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Print `export KEY='value'` lines for a POSIX shell (`eval "$(qwen env --export)"`).
+    #[arg(long, conflicts_with = "json")]
+    pub export: bool,
+    /// Show values of keys that look secret (containing KEY, TOKEN, SECRET, PASSWORD).
+    #[arg(long)]
+    pub show_secrets: bool,
 }

@@ -80,7 +80,7 @@ impl StartError {
 }
 
 /// The daemon binary: `QWEND_BIN`, else `qwend` beside this executable, else on `PATH`.
-fn daemon_bin() -> PathBuf {
+pub fn daemon_bin() -> PathBuf {
     if let Some(p) = std::env::var_os(paths::ENV_DAEMON_BIN).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 /// Exit codes from DESIGN.md.
 pub mod code {
     pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
     pub const DAEMON_UNREACHABLE: u8 = 5;
 }
 
@@ -17,6 +18,10 @@ pub enum ClientError {
     Denied(String),
     #[error("{0}")]
     Rpc(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot write output: {0}")]
+    Output(String),
 }
 
 impl ClientError {
@@ -25,7 +30,8 @@ impl ClientError {
             Self::Unreachable { .. } | Self::StartFailed { .. } | Self::Denied(_) => {
                 code::DAEMON_UNREACHABLE
             }
-            Self::Rpc(_) => code::FAILURE,
+            Self::Rpc(_) | Self::Output(_) => code::FAILURE,
+            Self::Usage(_) => code::USAGE,
         })
     }
 }
@@ -38,6 +44,9 @@ impl From<tonic::Status> for ClientError {
                 socket: qwend_shared::paths::socket_path().display().to_string(),
                 reason: s.message().to_string(),
             },
+            tonic::Code::InvalidArgument | tonic::Code::NotFound => {
+                Self::Rpc(s.message().to_string())
+            }
             _ => Self::Rpc(format!("daemon: {}", s.message())),
         }
     }

@@ -152,6 +152,7 @@ async fn serve(
         started: Instant::now(),
         socket: socket.clone(),
         shutdown: shutdown.clone(),
+        resolver: Arc::new(crate::dotenv::Resolver::default()),
     };
     tracing::info!(socket = %socket.display(), pid = std::process::id(), version = qwend_shared::VERSION, "qwend serving");
     if cli.detached_child {

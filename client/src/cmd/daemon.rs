@@ -25,6 +25,10 @@ pub async fn run(action: DaemonAction, as_json: bool) -> Result<ExitCode, Client
                 .into_inner();
             print_status(&status, as_json);
         }
+        DaemonAction::Install { kind, print } => {
+            return super::install::install(kind.kind(), print);
+        }
+        DaemonAction::Uninstall { kind } => return super::install::uninstall(kind.kind()),
         DaemonAction::Stop => {
             let Some(channel) = connect::existing(&socket).await? else {
                 if as_json {

@@ -1,13 +1,16 @@
 //! The gRPC services the daemon serves on its socket, one module per service.
 mod daemon;
+mod env;
 
 use daemon::DaemonService;
+use env::EnvService;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use qwend_shared::api::daemon_server::DaemonServer;
+use qwend_shared::api::env_server::EnvServer;
 use qwend_shared::transport::check_peer;
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
@@ -22,6 +25,7 @@ pub struct DaemonState {
     pub started: Instant,
     pub socket: PathBuf,
     pub shutdown: Arc<Notify>,
+    pub resolver: Arc<crate::dotenv::Resolver>,
 }
 
 /// Serve every service on `listener` until `stop` completes, then finish in-flight calls.
@@ -41,12 +45,15 @@ pub async fn serve(
     health_reporter
         .set_serving::<DaemonServer<DaemonService>>()
         .await;
+    health_reporter.set_serving::<EnvServer<EnvService>>().await;
+    let env = EnvService::new(state.resolver.clone());
     let incoming = UnixListenerStream::new(listener).map(move |s| s.map(|s| connections.track(s)));
     tonic::transport::Server::builder()
         .layer(tonic::service::InterceptorLayer::new(check_peer))
         .add_service(health)
         .add_service(reflection)
         .add_service(DaemonServer::new(DaemonService::new(state)))
+        .add_service(EnvServer::new(env))
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
     Ok(())

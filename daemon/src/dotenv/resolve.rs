@@ -1,0 +1,708 @@
+//! Which file applies, and what loading it sets for one client.
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::Value;
+
+use super::cache::{FileCache, Loaded};
+use crate::qwen_settings::{self, Exclusions};
+
+/// Files above this size are not loaded (with a warning): a `.env` is a few lines, and a
+/// runaway file must not cost the daemon its memory.
+pub const MAX_ENV_FILE_BYTES: u64 = 1024 * 1024;
+const MAX_SETTINGS_BYTES: u64 = 4 * 1024 * 1024;
+const CACHE_ENTRIES: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("the working directory must be an absolute path, got {0:?}")]
+    RelativeCwd(PathBuf),
+    #[error("the working directory {path} does not exist")]
+    CwdMissing { path: PathBuf },
+    #[error("the working directory {path} cannot be resolved: {source}")]
+    Cwd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HOME is not set in the client's environment")]
+    NoHome,
+    #[error("HOME ({0}) does not exist; set HOME to your home directory")]
+    HomeMissing(PathBuf),
+}
+
+pub struct EnvRequest<'a> {
+    /// The client's working directory (absolute; symlinks allowed).
+    pub cwd: &'a Path,
+    /// The client's whole environment.
+    pub client_env: &'a HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The client already has the key (even as "").
+    Preset,
+    /// `DEBUG`/`DEBUG_MODE` or `advanced.excludedEnvVars`, in a non-`.qwen` file.
+    Excluded,
+}
+
+/// Values are secrets (API keys): `Debug` prints keys only.
+#[derive(Clone, Default)]
+pub struct Resolution {
+    pub file: Option<PathBuf>,
+    /// What loading sets, in file order.
+    pub vars: Vec<(String, String)>,
+    pub skipped: Vec<(String, SkipReason)>,
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Resolution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolution")
+            .field("file", &self.file)
+            .field(
+                "keys",
+                &self.vars.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("skipped", &self.skipped)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+type Parsed = Vec<(String, String)>;
+type Settings = Result<Value, qwen_settings::SettingsError>;
+
+#[derive(Debug)]
+pub struct Resolver {
+    #[cfg(target_os = "linux")]
+    walks: super::watch::WalkCache,
+    env_files: FileCache<Parsed>,
+    settings: FileCache<Settings>,
+    max_env_bytes: u64,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Self::with_limit(MAX_ENV_FILE_BYTES)
+    }
+}
+
+impl Resolver {
+    pub fn with_limit(max_env_bytes: u64) -> Self {
+        Self {
+            #[cfg(target_os = "linux")]
+            walks: super::watch::WalkCache::default(),
+            env_files: FileCache::new(CACHE_ENTRIES, max_env_bytes),
+            settings: FileCache::new(CACHE_ENTRIES, MAX_SETTINGS_BYTES),
+            max_env_bytes,
+        }
+    }
+
+    pub fn resolve(&self, req: &EnvRequest<'_>) -> Result<Resolution, EnvError> {
+        if !req.cwd.is_absolute() {
+            return Err(EnvError::RelativeCwd(req.cwd.to_path_buf()));
+        }
+        // Qwen Code walks from process.cwd(), which is the physical path.
+        let walk = PhysicalDir::open(req.cwd).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                EnvError::CwdMissing {
+                    path: req.cwd.to_path_buf(),
+                }
+            } else {
+                EnvError::Cwd {
+                    path: req.cwd.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        let home = req
+            .client_env
+            .get("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| normalize(Path::new(h)))
+            .ok_or(EnvError::NoHome)?;
+        // Qwen Code 0.12.0 crashes here (realpath of HOME); we say why instead.
+        let home_id = rustix::fs::stat(&home)
+            .map(|st| (st.st_dev, st.st_ino))
+            .map_err(|_| EnvError::HomeMissing(home.clone()))?;
+        let cwd_is_home = walk.id() == Some(home_id);
+
+        let cwd = walk.path.clone();
+        let mut res = Resolution {
+            file: self.find_env_file(&walk, &home),
+            ..Resolution::default()
+        };
+        let exclusions = self.exclusions(req, &cwd, &home, cwd_is_home, &mut res.warnings);
+        let Some(file) = res.file.clone() else {
+            return Ok(res);
+        };
+        let parsed = match self
+            .env_files
+            .get(&file, |b| super::parse(&String::from_utf8_lossy(b)))
+        {
+            Ok(Loaded::Value(p)) => p,
+            Ok(Loaded::TooLarge { size, limit }) => {
+                res.warnings.push(format!(
+                    "{} is {size} bytes, over the {limit}-byte limit for .env files; nothing loaded from it",
+                    file.display()
+                ));
+                return Ok(res);
+            }
+            Err(e) => {
+                // Qwen Code ignores the read error silently; the file still ends the walk.
+                res.warnings.push(format!(
+                    "{} cannot be read ({e}); nothing loaded from it",
+                    file.display()
+                ));
+                return Ok(res);
+            }
+        };
+        // Qwen Code tests the whole path for ".qwen", not a path component.
+        let project_file = !file.to_string_lossy().contains(".qwen");
+        for (k, v) in parsed.iter() {
+            if project_file && exclusions.excludes(k) {
+                res.skipped.push((k.clone(), SkipReason::Excluded));
+            } else if req.client_env.contains_key(k) {
+                res.skipped.push((k.clone(), SkipReason::Preset));
+            } else {
+                res.vars.push((k.clone(), v.clone()));
+            }
+        }
+        Ok(res)
+    }
+
+    /// The walk, from the walk cache when nothing relevant changed since it was made.
+    fn find_env_file(&self, walk: &PhysicalDir, home: &Path) -> Option<PathBuf> {
+        #[cfg(target_os = "linux")]
+        {
+            let key = super::watch::WalkKey {
+                cwd: walk.path.clone(),
+                home: home.to_path_buf(),
+            };
+            if let Some(hit) = self.walks.get(&key) {
+                return hit;
+            }
+            let mut rec = self.walks.recorder();
+            let found = walk.find_env_file(home, &mut rec);
+            if rec.cacheable {
+                self.walks.insert(key, found.clone());
+            }
+            found
+        }
+        #[cfg(not(target_os = "linux"))]
+        walk.find_env_file(home, &mut NoObserver)
+    }
+
+    pub fn max_env_bytes(&self) -> u64 {
+        self.max_env_bytes
+    }
+
+    /// User settings, then workspace settings (`<cwd>/.qwen/settings.json`, skipped when
+    /// the cwd is HOME), as Qwen Code's loadSettings. A bad file is a warning: the
+    /// resolution goes on without it, as in Qwen Code.
+    fn exclusions(
+        &self,
+        req: &EnvRequest<'_>,
+        cwd: &Path,
+        home: &Path,
+        cwd_is_home: bool,
+        warnings: &mut Vec<String>,
+    ) -> Exclusions {
+        let qwen_home = req
+            .client_env
+            .get("QWEN_HOME")
+            .filter(|q| !q.is_empty())
+            .map(PathBuf::from);
+        let mut paths = vec![qwen_settings::user_settings_path(
+            home,
+            qwen_home.as_deref(),
+        )];
+        if !cwd_is_home {
+            paths.push(cwd.join(".qwen").join("settings.json"));
+        }
+        let mut docs = Vec::new();
+        for p in paths {
+            match self.settings.get(&p, |b| {
+                qwen_settings::parse(&p, &String::from_utf8_lossy(b))
+            }) {
+                Ok(Loaded::Value(doc)) => match &*doc {
+                    Ok(v) => docs.push(v.clone()),
+                    Err(e) => warnings.push(format!("settings ignored: {e}")),
+                },
+                Ok(Loaded::TooLarge { size, .. }) => warnings.push(format!(
+                    "settings ignored: {} is too large ({size} bytes)",
+                    p.display()
+                )),
+                Err(e) if is_absent(&e) => {}
+                Err(e) => warnings.push(format!("settings ignored: {}: {e}", p.display())),
+            }
+        }
+        Exclusions::from_settings(docs.iter())
+    }
+}
+
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
+/// The physical working directory, held open so the walk can `stat` relative to each
+/// directory: with absolute paths every `stat` re-resolves every component from `/`, which
+/// makes a deep walk quadratic.
+struct PhysicalDir {
+    fd: Option<rustix::fd::OwnedFd>,
+    path: PathBuf,
+}
+
+impl PhysicalDir {
+    fn open(cwd: &Path) -> std::io::Result<Self> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            cwd,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)?;
+        // Linux names the open directory's physical path here; elsewhere ask realpath.
+        let path = match std::fs::read_link(format!("/proc/self/fd/{}", fd_number(&fd))) {
+            // A directory removed while open reads back as "<path> (deleted)".
+            Ok(p) if p.is_absolute() && !p.to_string_lossy().ends_with(" (deleted)") => p,
+            _ => std::fs::canonicalize(cwd)?,
+        };
+        Ok(Self { fd: Some(fd), path })
+    }
+
+    /// (device, inode) of the directory, to compare it with HOME without a realpath.
+    fn id(&self) -> Option<(u64, u64)> {
+        let st = rustix::fs::fstat(self.fd.as_ref()?).ok()?;
+        Some((st.st_dev, st.st_ino))
+    }
+
+    /// [`find_env_file`] with each level's checks made relative to that directory, telling
+    /// `obs` which directories the answer depends on.
+    fn find_env_file(&self, home: &Path, obs: &mut dyn WalkObserver) -> Option<PathBuf> {
+        use rustix::fs::{Mode, OFlags};
+        let Some(mut fd) = self.fd.as_ref().and_then(|f| rustix::io::dup(f).ok()) else {
+            obs.uncacheable();
+            return find_env_file(&self.path, home);
+        };
+        let mut dir = self.path.as_path();
+        loop {
+            // Watch before looking, so no change can slip between the check and the watch.
+            obs.dir(dir);
+            obs.dir(&dir.join(".qwen"));
+            if exists_at(&fd, ".qwen/.env", obs) {
+                return Some(dir.join(".qwen").join(".env"));
+            }
+            if exists_at(&fd, ".env", obs) {
+                return Some(dir.join(".env"));
+            }
+            let Some(parent) = dir.parent() else { break };
+            match rustix::fs::openat(
+                &fd,
+                "..",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(up) => fd = up,
+                // E.g. no search permission on the parent: finish by path, as node does.
+                Err(_) => {
+                    obs.uncacheable();
+                    return find_env_file(parent, home);
+                }
+            }
+            dir = parent;
+        }
+        obs.dir(home);
+        obs.dir(&home.join(".qwen"));
+        [home.join(".qwen").join(".env"), home.join(".env")]
+            .into_iter()
+            .find(|p| exists_at(rustix::fs::CWD, p, obs))
+    }
+}
+
+/// Told what a walk depended on (the walk cache watches it).
+trait WalkObserver {
+    fn dir(&mut self, dir: &Path);
+    fn uncacheable(&mut self);
+}
+
+#[cfg(target_os = "linux")]
+impl WalkObserver for super::watch::Recorder<'_> {
+    fn dir(&mut self, dir: &Path) {
+        self.watch(dir);
+    }
+    fn uncacheable(&mut self) {
+        self.saw_dangling_link();
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+struct NoObserver;
+
+#[cfg(not(target_os = "linux"))]
+impl WalkObserver for NoObserver {
+    fn dir(&mut self, _: &Path) {}
+    fn uncacheable(&mut self) {}
+}
+
+/// node's `existsSync` relative to `dirfd`. A name that exists as a link but does not
+/// resolve (dangling, or a loop) could start resolving through a change anywhere on the
+/// filesystem, so such a walk is not cached.
+fn exists_at<Fd: rustix::fd::AsFd, P: rustix::path::Arg + Copy>(
+    dirfd: Fd,
+    name: P,
+    obs: &mut dyn WalkObserver,
+) -> bool {
+    use rustix::fs::AtFlags;
+    match rustix::fs::statat(&dirfd, name, AtFlags::empty()) {
+        Ok(_) => true,
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::LOOP) => {
+            if rustix::fs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                obs.uncacheable();
+            }
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+fn fd_number(fd: &rustix::fd::OwnedFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
+}
+
+/// Qwen Code's `findEnvFile`: from the physical cwd up to `/`, `.qwen/.env` then `.env`;
+/// then `~/.qwen/.env`, `~/.env`. "Exists" is node's `existsSync`: a successful `stat`
+/// (following symlinks), so a directory or an unreadable file counts, a dangling link or
+/// a path under a file does not.
+pub fn find_env_file(cwd: &Path, home: &Path) -> Option<PathBuf> {
+    let exists = |p: &Path| std::fs::metadata(p).is_ok();
+    let mut dir = cwd;
+    loop {
+        let qwen_env = dir.join(".qwen").join(".env");
+        if exists(&qwen_env) {
+            return Some(qwen_env);
+        }
+        let env = dir.join(".env");
+        if exists(&env) {
+            return Some(env);
+        }
+        match dir.parent() {
+            Some(parent) => dir = parent,
+            None => break,
+        }
+    }
+    [home.join(".qwen").join(".env"), home.join(".env")]
+        .into_iter()
+        .find(|p| exists(p))
+}
+
+/// node's `path.normalize` for an absolute path: `.` and `..` removed lexically, no
+/// symlinks resolved (Qwen Code joins HOME this way).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    struct Tree {
+        root: tempfile::TempDir,
+    }
+
+    impl Tree {
+        fn new() -> Self {
+            let root = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(root.path().join("home")).unwrap();
+            Self { root }
+        }
+        fn p(&self, rel: &str) -> PathBuf {
+            self.root.path().join(rel)
+        }
+        fn write(&self, rel: &str, body: &str) {
+            let p = self.p(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, body).unwrap();
+        }
+        fn mkdir(&self, rel: &str) {
+            std::fs::create_dir_all(self.p(rel)).unwrap();
+        }
+        fn env(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
+            let mut m: HashMap<String, String> = extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            m.insert("HOME".into(), self.p("home").display().to_string());
+            m
+        }
+        fn resolve(
+            &self,
+            cwd: &str,
+            env: &HashMap<String, String>,
+        ) -> Result<Resolution, EnvError> {
+            Resolver::default().resolve(&EnvRequest {
+                cwd: &self.p(cwd),
+                client_env: env,
+            })
+        }
+    }
+
+    fn vars(r: &Resolution) -> Vec<(&str, &str)> {
+        r.vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn nearest_directory_wins_and_qwen_env_first() {
+        let t = Tree::new();
+        t.write("work/.qwen/.env", "UP=1");
+        t.write("work/proj/.env", "A=env");
+        t.write("work/proj/.qwen/.env", "A=qwen");
+        t.mkdir("work/proj/sub");
+        let r = t.resolve("work/proj/sub", &t.env(&[])).unwrap();
+        assert_eq!(
+            r.file,
+            Some(
+                std::fs::canonicalize(t.p("work/proj"))
+                    .unwrap()
+                    .join(".qwen/.env")
+            )
+        );
+        assert_eq!(vars(&r), [("A", "qwen")]);
+    }
+
+    #[test]
+    fn home_fallback_and_preset_keys() {
+        let t = Tree::new();
+        t.write("home/.env", "A=home\nB=home");
+        t.write("home/.qwen/.env", "A=qwen-home\nB=x");
+        t.mkdir("elsewhere");
+        let env = t.env(&[("B", "")]);
+        let r = t.resolve("elsewhere", &env).unwrap();
+        assert_eq!(r.file, Some(t.p("home/.qwen/.env")));
+        assert_eq!(vars(&r), [("A", "qwen-home")]);
+        assert_eq!(r.skipped, [("B".to_string(), SkipReason::Preset)]);
+    }
+
+    #[test]
+    fn debug_excluded_only_from_non_qwen_paths() {
+        let t = Tree::new();
+        t.write("p/.env", "DEBUG=1\nDEBUG_MODE=1\ndebug=x\nK=1");
+        let r = t.resolve("p", &t.env(&[])).unwrap();
+        assert_eq!(vars(&r), [("debug", "x"), ("K", "1")]);
+        t.write("q/.qwen/.env", "DEBUG=1");
+        let r = t.resolve("q", &t.env(&[])).unwrap();
+        assert_eq!(vars(&r), [("DEBUG", "1")]);
+    }
+
+    #[test]
+    fn settings_exclusions_from_user_and_workspace() {
+        let t = Tree::new();
+        t.write(
+            "home/.qwen/settings.json",
+            r#"{ // user
+            "advanced": { "excludedEnvVars": ["FOO"] } }"#,
+        );
+        t.write(
+            "p/.qwen/settings.json",
+            r#"{"advanced": {"excludedEnvVars": ["BAR"]}}"#,
+        );
+        t.write("p/.env", "FOO=1\nBAR=1\nDEBUG=1");
+        let r = t.resolve("p", &t.env(&[])).unwrap();
+        assert_eq!(vars(&r), [("DEBUG", "1")]);
+        // QWEN_HOME moves the user settings.
+        t.write(
+            "alt/settings.json",
+            r#"{"advanced": {"excludedEnvVars": []}}"#,
+        );
+        let env = t.env(&[("QWEN_HOME", &t.p("alt").display().to_string())]);
+        let r = t.resolve("p", &env).unwrap();
+        assert_eq!(vars(&r), [("FOO", "1"), ("DEBUG", "1")]);
+    }
+
+    #[test]
+    fn broken_settings_are_a_warning_not_a_failure() {
+        let t = Tree::new();
+        t.write("home/.qwen/settings.json", "{ nope");
+        t.write("p/.env", "A=1");
+        let r = t.resolve("p", &t.env(&[])).unwrap();
+        assert_eq!(vars(&r), [("A", "1")]);
+        assert!(r.warnings[0].contains("settings.json"), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn a_directory_or_unreadable_env_ends_the_walk() {
+        let t = Tree::new();
+        t.write("w/.env", "PARENT=1");
+        t.mkdir("w/a/.env");
+        let r = t.resolve("w/a", &t.env(&[])).unwrap();
+        assert!(r.file.unwrap().ends_with("w/a/.env"));
+        assert!(r.vars.is_empty());
+        assert!(r.warnings[0].contains("cannot be read"), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn unreadable_directory_on_the_way_up_is_passed() {
+        let t = Tree::new();
+        t.write("top/.env", "TOP=1");
+        t.mkdir("top/locked/inner");
+        // Without the x bit on `locked`, stat of locked/.env fails for non-root; as root
+        // everything is visible, and the walk must still find top/.env.
+        std::fs::set_permissions(t.p("top/locked"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        let r = Resolver::default().resolve(&EnvRequest {
+            cwd: &t.p("top"),
+            client_env: &t.env(&[]),
+        });
+        std::fs::set_permissions(t.p("top/locked"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        assert_eq!(vars(&r.unwrap()), [("TOP", "1")]);
+    }
+
+    #[test]
+    fn bad_cwds_and_homes_are_typed_errors() {
+        let t = Tree::new();
+        let env = t.env(&[]);
+        let r = Resolver::default();
+        let rel = r.resolve(&EnvRequest {
+            cwd: Path::new("rel/dir"),
+            client_env: &env,
+        });
+        assert!(matches!(rel, Err(EnvError::RelativeCwd(_))));
+        assert!(matches!(
+            t.resolve("nope", &env),
+            Err(EnvError::CwdMissing { .. })
+        ));
+        std::os::unix::fs::symlink(t.p("loop-b"), t.p("loop-a")).unwrap();
+        std::os::unix::fs::symlink(t.p("loop-a"), t.p("loop-b")).unwrap();
+        let e = t.resolve("loop-a", &env).unwrap_err();
+        assert!(matches!(e, EnvError::Cwd { .. }), "{e}");
+        t.mkdir("p");
+        assert!(matches!(
+            t.resolve("p", &HashMap::new()),
+            Err(EnvError::NoHome)
+        ));
+        let gone = HashMap::from([("HOME".to_string(), t.p("gone").display().to_string())]);
+        let e = t.resolve("p", &gone).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn oversized_file_is_refused_with_a_warning() {
+        let t = Tree::new();
+        t.write("p/.env", &"A=1\n".repeat(1000));
+        let r = Resolver::with_limit(1024)
+            .resolve(&EnvRequest {
+                cwd: &t.p("p"),
+                client_env: &t.env(&[]),
+            })
+            .unwrap();
+        assert!(r.vars.is_empty());
+        assert!(r.warnings[0].contains("limit"), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn invalid_utf8_and_nul_bytes_load_like_node() {
+        let t = Tree::new();
+        t.mkdir("p");
+        std::fs::write(t.p("p/.env"), b"A=\xff\xfeok\nB=x\x00y\n").unwrap();
+        let r = t.resolve("p", &t.env(&[])).unwrap();
+        assert_eq!(vars(&r), [("A", "\u{FFFD}\u{FFFD}ok"), ("B", "x\u{0}y")]);
+    }
+
+    #[test]
+    fn changes_and_deletions_are_seen_on_the_next_call() {
+        let t = Tree::new();
+        t.write("p/.env", "A=1");
+        let r = Resolver::default();
+        let env = t.env(&[]);
+        let cwd = t.p("p");
+        let req = EnvRequest {
+            cwd: &cwd,
+            client_env: &env,
+        };
+        assert_eq!(vars(&r.resolve(&req).unwrap()), [("A", "1")]);
+        t.write("p/.env", "A=2");
+        assert_eq!(vars(&r.resolve(&req).unwrap()), [("A", "2")]);
+        std::fs::remove_file(t.p("p/.env")).unwrap();
+        let gone = r.resolve(&req).unwrap();
+        assert_eq!(gone.file, None);
+        assert!(gone.vars.is_empty());
+    }
+
+    #[test]
+    fn a_warm_walk_sees_new_files_at_any_level_at_once() {
+        let t = Tree::new();
+        t.write("a/.env", "LEVEL=a");
+        t.mkdir("a/b/c/d");
+        let r = Resolver::default();
+        let env = t.env(&[]);
+        let cwd = t.p("a/b/c/d");
+        let req = EnvRequest {
+            cwd: &cwd,
+            client_env: &env,
+        };
+        let level = |r: &Resolver| {
+            vars(&r.resolve(&req).unwrap())
+                .first()
+                .map(|v| v.1.to_string())
+        };
+        assert_eq!(level(&r).as_deref(), Some("a"));
+        assert_eq!(level(&r).as_deref(), Some("a"), "warm");
+        t.write("a/b/.env", "LEVEL=b");
+        assert_eq!(level(&r).as_deref(), Some("b"));
+        // A new .qwen directory, then its .env.
+        t.mkdir("a/b/c/.qwen");
+        assert_eq!(level(&r).as_deref(), Some("b"));
+        t.write("a/b/c/.qwen/.env", "LEVEL=c-qwen");
+        assert_eq!(level(&r).as_deref(), Some("c-qwen"));
+        std::fs::remove_file(t.p("a/b/c/.qwen/.env")).unwrap();
+        std::fs::remove_file(t.p("a/b/.env")).unwrap();
+        assert_eq!(level(&r).as_deref(), Some("a"));
+        // A dangling link whose target appears far away.
+        std::os::unix::fs::symlink(t.p("elsewhere/target.env"), t.p("a/b/c/d/.env")).unwrap();
+        assert_eq!(level(&r).as_deref(), Some("a"));
+        t.write("elsewhere/target.env", "LEVEL=linked");
+        assert_eq!(level(&r).as_deref(), Some("linked"));
+        // Home fallback appears and goes.
+        std::fs::remove_file(t.p("a/b/c/d/.env")).unwrap();
+        std::fs::remove_file(t.p("a/.env")).unwrap();
+        assert_eq!(level(&r), None);
+        t.write("home/.qwen/.env", "LEVEL=home");
+        assert_eq!(level(&r).as_deref(), Some("home"));
+    }
+
+    #[test]
+    fn debug_output_never_shows_values() {
+        let t = Tree::new();
+        t.write("p/.env", "OPENAI_API_KEY=sk-very-secret");
+        let r = t.resolve("p", &t.env(&[])).unwrap();
+        let s = format!("{r:?}");
+        assert!(
+            s.contains("OPENAI_API_KEY") && !s.contains("sk-very-secret"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize(Path::new("/a/./b/../c/")), PathBuf::from("/a/c"));
+    }
+}
