@@ -44,11 +44,17 @@ fn in_process_round_trip(dir: &Path) -> Vec<Duration> {
         .block_on(async { BoundSocket::bind(&socket) })
         .unwrap()
         .into_parts();
+    let services = server_rt
+        .block_on(qwend::lifecycle::Services::open())
+        .unwrap();
     let state = qwend::server::DaemonState {
         started: Instant::now(),
         socket: socket.clone(),
         shutdown: Arc::new(tokio::sync::Notify::new()),
-        resolver: Arc::new(qwend::dotenv::Resolver::default()),
+        resolver: services.resolver,
+        auth: services.auth,
+        quota: services.quota,
+        clock: services.clock,
     };
     server_rt.spawn(qwend::server::serve(
         state,

@@ -21,6 +21,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Authentication: status, method, logout.
+    Auth {
+        #[command(subcommand)]
+        action: AuthAction,
+    },
+    /// Requests used and left this minute and today, and when they reset.
+    Quota,
     /// Show which .env file applies to a directory and what it sets.
     Env(EnvArgs),
     /// Manage the background daemon (qwend).
@@ -92,4 +99,25 @@ pub struct EnvArgs {
     /// Show values of keys that look secret (containing KEY, TOKEN, SECRET, PASSWORD).
     #[arg(long)]
     pub show_secrets: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthAction {
+    /// Method, logged in or not, expiry, store, base URL, model and quota.
+    Status,
+    /// Change the method for every client now (no argument on a terminal: choose).
+    Switch {
+        #[arg(value_enum)]
+        method: Option<Method>,
+    },
+    /// Forget the Qwen OAuth credentials everywhere they are stored.
+    Logout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    #[value(name = "qwen-oauth")]
+    QwenOauth,
+    #[value(name = "openai")]
+    Openai,
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 pub mod code {
     pub const FAILURE: u8 = 1;
     pub const USAGE: u8 = 2;
+    pub const AUTH_NEEDED: u8 = 3;
     pub const DAEMON_UNREACHABLE: u8 = 5;
 }
 
@@ -20,6 +21,8 @@ pub enum ClientError {
     Rpc(String),
     #[error("{0}")]
     Usage(String),
+    #[error("{0}")]
+    AuthNeeded(String),
     #[error("cannot write output: {0}")]
     Output(String),
 }
@@ -32,6 +35,7 @@ impl ClientError {
             }
             Self::Rpc(_) | Self::Output(_) => code::FAILURE,
             Self::Usage(_) => code::USAGE,
+            Self::AuthNeeded(_) => code::AUTH_NEEDED,
         })
     }
 }
@@ -44,6 +48,7 @@ impl From<tonic::Status> for ClientError {
                 socket: qwend_shared::paths::socket_path().display().to_string(),
                 reason: s.message().to_string(),
             },
+            tonic::Code::FailedPrecondition => Self::AuthNeeded(s.message().to_string()),
             tonic::Code::InvalidArgument | tonic::Code::NotFound => {
                 Self::Rpc(s.message().to_string())
             }

@@ -148,11 +148,15 @@ async fn serve(
     let connections = crate::idle::Connections::new();
 
     let shutdown = Arc::new(Notify::new());
+    let services = Services::open().await?;
     let state = server::DaemonState {
         started: Instant::now(),
         socket: socket.clone(),
         shutdown: shutdown.clone(),
-        resolver: Arc::new(crate::dotenv::Resolver::default()),
+        resolver: services.resolver,
+        auth: services.auth,
+        quota: services.quota,
+        clock: services.clock,
     };
     tracing::info!(socket = %socket.display(), pid = std::process::id(), version = qwend_shared::VERSION, "qwend serving");
     if cli.detached_child {
@@ -193,6 +197,64 @@ async fn serve(
     drop(lock);
     tracing::info!("qwend stopped");
     Ok(())
+}
+
+/// The daemon's long-lived state, built from the environment.
+pub struct Services {
+    pub resolver: Arc<crate::dotenv::Resolver>,
+    pub auth: Arc<crate::auth::AuthState>,
+    pub quota: Arc<crate::quota::Quota>,
+    pub clock: crate::clock::SharedClock,
+}
+
+impl Services {
+    pub async fn open() -> anyhow::Result<Self> {
+        let config = crate::config::Config::from_env()?;
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+        let resolver = Arc::new(crate::dotenv::Resolver::default());
+        let auth = Arc::new(crate::auth::AuthState::new(
+            config.qwen_home.clone(),
+            config.state_dir.clone(),
+            config.store,
+            clock.clone(),
+            resolver.clone(),
+        ));
+        let quota = {
+            let (cfg, clock, dir) = (
+                config.quota.clone(),
+                clock.clone(),
+                config.state_dir.clone(),
+            );
+            tokio::task::spawn_blocking(move || open_quota(dir, cfg, clock)).await??
+        };
+        Ok(Self {
+            resolver,
+            auth,
+            quota: Arc::new(quota),
+            clock,
+        })
+    }
+}
+
+/// The durable ledger in `<state>/quota`; without a writable state dir the counters live
+/// in memory (and say so in the log), so the daemon still serves everything else.
+fn open_quota(
+    dir: Option<PathBuf>,
+    cfg: crate::quota::QuotaConfig,
+    clock: crate::clock::SharedClock,
+) -> anyhow::Result<crate::quota::Quota> {
+    if let Some(dir) = dir {
+        match crate::quota::Quota::open(&dir.join("quota"), cfg.clone(), clock.clone()) {
+            Ok((q, warnings)) => {
+                for w in warnings {
+                    tracing::warn!("quota ledger: {w}");
+                }
+                return Ok(q);
+            }
+            Err(e) => tracing::warn!("quota ledger unavailable ({e}); counting in memory only"),
+        }
+    }
+    Ok(crate::quota::Quota::in_memory(cfg, clock)?)
 }
 
 struct Signals {

@@ -32,6 +32,14 @@ pub async fn run(args: EnvArgs, as_json: bool) -> Result<ExitCode, ClientError> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// Who this client is, for RPCs that depend on the caller.
+pub fn context() -> Result<qwend_shared::api::ClientContext, ClientError> {
+    Ok(qwend_shared::api::ClientContext {
+        cwd: absolute_cwd(None)?.to_string_lossy().into_owned(),
+        env: client_env(),
+    })
+}
+
 /// Ask the daemon; also used by commands that need the resolved variables.
 pub async fn resolve(cwd: &Path) -> Result<ResolveEnvResponse, ClientError> {
     let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
@@ -43,7 +51,7 @@ pub async fn resolve(cwd: &Path) -> Result<ResolveEnvResponse, ClientError> {
 }
 
 /// A relative `--cwd` is taken relative to where `qwen` runs, like any path argument.
-fn absolute_cwd(arg: Option<&Path>) -> Result<PathBuf, ClientError> {
+pub fn absolute_cwd(arg: Option<&Path>) -> Result<PathBuf, ClientError> {
     let here = || {
         std::env::current_dir()
             .map_err(|e| ClientError::Usage(format!("cannot read the current directory: {e}")))
@@ -57,7 +65,7 @@ fn absolute_cwd(arg: Option<&Path>) -> Result<PathBuf, ClientError> {
 
 /// Our environment for the daemon. Names or values that are not UTF-8 cannot travel in the
 /// protocol; their keys still count as present (so the file never overrides them).
-fn client_env() -> HashMap<String, String> {
+pub fn client_env() -> HashMap<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
         .collect()

@@ -16,14 +16,27 @@ pub fn qwen_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_qwen"))
 }
 
-/// `qwend` is built by the same `cargo test --workspace` run, into the same directory.
+/// The `qwend` binary beside `qwen`. `cargo test` builds only this package's binaries, so
+/// the first caller builds the daemon (same profile, same target dir) with the cargo that
+/// runs the tests: never a stale binary from an earlier build.
 pub fn qwend_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     let p = qwen_bin().with_file_name("qwend");
-    assert!(
-        p.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        p.display()
-    );
+    BUILT.call_once(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "qwend", "--bin", "qwend"]);
+        if p.parent().and_then(|d| d.file_name()) == Some("release".as_ref()) {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("cannot run cargo to build qwend");
+        assert!(
+            out.status.success(),
+            "building qwend failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    assert!(p.is_file(), "{} was not built", p.display());
     p
 }
 
@@ -53,6 +66,8 @@ impl TestEnv {
             .env("QWEND_STATE_DIR", &self.state)
             .env("QWEND_BIN", qwend_bin())
             .env("QWEN_LOG", "debug")
+            // No session bus in tests: the file backend, without a keyring probe.
+            .env("QWEN_CREDENTIAL_STORE", "file")
             .stdin(Stdio::null());
     }
 

@@ -42,7 +42,7 @@ impl Env for EnvService {
             EnvError::CwdMissing { .. } | EnvError::HomeMissing(_) => {
                 Status::not_found(e.to_string())
             }
-            EnvError::Cwd { .. } => Status::failed_precondition(e.to_string()),
+            EnvError::Cwd { .. } => Status::invalid_argument(e.to_string()),
         })?;
         let source = res
             .file

@@ -1,9 +1,15 @@
 //! The gRPC services the daemon serves on its socket, one module per service.
+mod auth;
 mod daemon;
 mod env;
+mod quota;
 
+use self::auth::AuthService;
+use self::quota::QuotaService;
 use daemon::DaemonService;
 use env::EnvService;
+use qwend_shared::api::auth_server::AuthServer;
+use qwend_shared::api::quota_server::QuotaServer;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +32,9 @@ pub struct DaemonState {
     pub socket: PathBuf,
     pub shutdown: Arc<Notify>,
     pub resolver: Arc<crate::dotenv::Resolver>,
+    pub auth: Arc<crate::auth::AuthState>,
+    pub quota: Arc<crate::quota::Quota>,
+    pub clock: crate::clock::SharedClock,
 }
 
 /// Serve every service on `listener` until `stop` completes, then finish in-flight calls.
@@ -46,7 +55,15 @@ pub async fn serve(
         .set_serving::<DaemonServer<DaemonService>>()
         .await;
     health_reporter.set_serving::<EnvServer<EnvService>>().await;
+    health_reporter
+        .set_serving::<AuthServer<AuthService>>()
+        .await;
+    health_reporter
+        .set_serving::<QuotaServer<QuotaService>>()
+        .await;
     let env = EnvService::new(state.resolver.clone());
+    let auth = AuthService::new(state.auth.clone());
+    let quota = QuotaService::new(state.quota.clone(), state.auth.clone(), state.clock.clone());
     let incoming = UnixListenerStream::new(listener).map(move |s| s.map(|s| connections.track(s)));
     tonic::transport::Server::builder()
         .layer(tonic::service::InterceptorLayer::new(check_peer))
@@ -54,6 +71,8 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(DaemonServer::new(DaemonService::new(state)))
         .add_service(EnvServer::new(env))
+        .add_service(AuthServer::new(auth))
+        .add_service(QuotaServer::new(quota))
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
     Ok(())

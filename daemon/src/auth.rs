@@ -1,0 +1,514 @@
+//! The selected auth method and what each method resolves to for a client: Qwen OAuth
+//! credentials from the store (imported from Qwen Code's file when it changes), or the
+//! OpenAI-compatible settings from the client's environment, its `.env` and settings.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::clock::SharedClock;
+use crate::credentials::Credentials;
+use crate::dotenv::{EnvRequest, Resolver};
+use crate::qwen_settings::{self, SettingsError};
+use crate::store::{
+    ImportPolicy, KeyringConfig, LogoutReport, QwenCredsFile, QwenFileWatch, StoreConfig,
+    StoreError, StoreKind, Stores,
+};
+
+pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+pub const DEFAULT_OPENAI_MODEL: &str = "qwen3.5-plus";
+pub const DEFAULT_OAUTH_MODEL: &str = "coder-model";
+/// Models the Qwen OAuth tier serves.
+pub const OAUTH_MODELS: [&str; 2] = ["coder-model", "vision-model"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthType {
+    QwenOAuth,
+    OpenAi,
+}
+
+impl AuthType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QwenOAuth => "qwen-oauth",
+            Self::OpenAi => "openai",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "qwen-oauth" => Some(Self::QwenOAuth),
+            "openai" => Some(Self::OpenAi),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(
+        "cannot switch to openai: no OPENAI_API_KEY for {cwd}. Set it in the environment (export OPENAI_API_KEY=...) or in a .env file (.qwen/.env in the project, or ~/.qwen/.env); OPENAI_BASE_URL and OPENAI_MODEL are optional"
+    )]
+    NoApiKey { cwd: String },
+    #[error("{0}")]
+    Env(#[from] crate::dotenv::EnvError),
+    #[error("credential store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Who is asking: their working directory and environment.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCtx {
+    pub cwd: PathBuf,
+    pub env: HashMap<String, String>,
+}
+
+/// The OpenAI-compatible configuration for a client. The key is a secret: `Debug` hides it.
+#[derive(Clone, Default)]
+pub struct OpenAiConfig {
+    pub api_key: Option<secrecy::SecretString>,
+    pub base_url: String,
+    pub model: String,
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub auth_type: Option<AuthType>,
+    pub logged_in: bool,
+    pub expires_at_ms: Option<i64>,
+    pub store: Option<StoreKind>,
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+pub struct AuthState {
+    qwen_home: PathBuf,
+    state_dir: Option<PathBuf>,
+    choice: Option<StoreKind>,
+    clock: SharedClock,
+    resolver: Arc<Resolver>,
+    qwen_file: QwenCredsFile,
+    /// Opened on first use: probing the keyring must not slow the daemon's start.
+    stores: Mutex<Option<Arc<Stores>>>,
+    watch: Mutex<QwenFileWatch>,
+}
+
+impl std::fmt::Debug for AuthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthState")
+            .field("qwen_home", &self.qwen_home)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthState {
+    pub fn new(
+        qwen_home: PathBuf,
+        state_dir: Option<PathBuf>,
+        choice: Option<StoreKind>,
+        clock: SharedClock,
+        resolver: Arc<Resolver>,
+    ) -> Self {
+        Self {
+            qwen_file: QwenCredsFile::new(&qwen_home, clock.clone()),
+            qwen_home,
+            state_dir,
+            choice,
+            clock,
+            resolver,
+            stores: Mutex::new(None),
+            watch: Mutex::new(QwenFileWatch::new()),
+        }
+    }
+
+    pub fn settings_path(&self) -> PathBuf {
+        self.qwen_home.join("settings.json")
+    }
+
+    fn stores(&self) -> Result<Arc<Stores>, StoreError> {
+        let mut guard = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| self.qwen_home.join("qwend"))
+            .join("credentials");
+        let stores = Arc::new(Stores::open(StoreConfig {
+            choice: self.choice,
+            file_dir: dir,
+            keyring: KeyringConfig::default(),
+            clock: self.clock.clone(),
+        })?);
+        if let Some(why) = stores.fallback_reason() {
+            tracing::warn!("no usable OS keyring ({why}); credentials are kept in a 0600 file");
+        }
+        *guard = Some(stores.clone());
+        Ok(stores)
+    }
+
+    /// Our OAuth credentials, after adopting a login made meanwhile with Qwen Code.
+    pub fn oauth_credentials(&self) -> Result<(Option<Credentials>, StoreKind), StoreError> {
+        let stores = self.stores()?;
+        let changed = {
+            let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+            w.changed(&self.qwen_file).unwrap_or(true)
+        };
+        if changed {
+            match stores.import_from_qwen(&self.qwen_file, ImportPolicy::IfNewer) {
+                Ok(crate::store::ImportOutcome::Imported(_)) => {
+                    tracing::info!("imported Qwen Code's credentials from oauth_creds.json")
+                }
+                Ok(_) => {}
+                // A bad Qwen Code file never costs us our own credentials.
+                Err(e) => tracing::warn!("not importing Qwen Code's credentials: {e}"),
+            }
+        }
+        Ok((stores.selected().load()?, stores.kind()))
+    }
+
+    /// User settings (this daemon's Qwen home) and the client's workspace settings.
+    fn settings(&self, ctx: &ClientCtx) -> Result<Vec<Value>, SettingsError> {
+        let mut docs = Vec::new();
+        if let Some(user) = qwen_settings::read_file(&self.settings_path())? {
+            docs.push(user);
+        }
+        let ws = ctx.cwd.join(".qwen").join("settings.json");
+        if ws != self.settings_path()
+            && let Ok(Some(doc)) = qwen_settings::read_file(&ws)
+        {
+            docs.push(doc);
+        }
+        Ok(docs)
+    }
+
+    /// A setting, the workspace overriding the user (last document wins).
+    fn setting<'a>(docs: &'a [Value], path: &[&str]) -> Option<&'a Value> {
+        docs.iter().rev().find_map(|d| qwen_settings::get(d, path))
+    }
+
+    /// The variables a client sees: its environment, then its `.env` for keys it lacks.
+    fn client_vars(&self, ctx: &ClientCtx) -> (HashMap<String, String>, Vec<String>) {
+        let mut vars = ctx.env.clone();
+        let mut warnings = Vec::new();
+        if ctx.cwd.is_absolute() {
+            match self.resolver.resolve(&EnvRequest {
+                cwd: &ctx.cwd,
+                client_env: &ctx.env,
+            }) {
+                Ok(res) => {
+                    warnings.extend(res.warnings);
+                    vars.extend(res.vars);
+                }
+                Err(e) => warnings.push(e.to_string()),
+            }
+        }
+        (vars, warnings)
+    }
+
+    pub fn openai_config(&self, ctx: &ClientCtx, docs: &[Value]) -> OpenAiConfig {
+        let (vars, _) = self.client_vars(ctx);
+        let var = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
+        let set = |p: &[&str]| {
+            Self::setting(docs, p)
+                .and_then(Value::as_str)
+                .map(String::from)
+        };
+        OpenAiConfig {
+            api_key: var("OPENAI_API_KEY")
+                .or_else(|| set(&["security", "auth", "apiKey"]))
+                .map(secrecy::SecretString::from),
+            base_url: var("OPENAI_BASE_URL")
+                .or_else(|| set(&["security", "auth", "baseUrl"]))
+                .unwrap_or_else(|| DEFAULT_OPENAI_BASE_URL.to_string()),
+            model: var("OPENAI_MODEL")
+                .or_else(|| var("QWEN_MODEL"))
+                .or_else(|| set(&["model", "name"]))
+                .unwrap_or_else(|| DEFAULT_OPENAI_MODEL.to_string()),
+        }
+    }
+
+    /// The selected method: `security.auth.selectedType` (or the older top-level
+    /// `selectedAuthType`); with none, inferred from the environment as the seed says:
+    /// `QWEN_OAUTH` → qwen-oauth, an `OPENAI_API_KEY` (environment or `.env`) → openai.
+    pub fn selected(&self, ctx: &ClientCtx, docs: &[Value]) -> Option<AuthType> {
+        let explicit = Self::setting(docs, &["security", "auth", "selectedType"])
+            .or_else(|| Self::setting(docs, &["selectedAuthType"]))
+            .and_then(Value::as_str)
+            .and_then(AuthType::parse);
+        if explicit.is_some() {
+            return explicit;
+        }
+        let (vars, _) = self.client_vars(ctx);
+        if vars.get("QWEN_OAUTH").is_some_and(|v| !v.is_empty()) {
+            Some(AuthType::QwenOAuth)
+        } else if vars.get("OPENAI_API_KEY").is_some_and(|v| !v.is_empty()) {
+            Some(AuthType::OpenAi)
+        } else {
+            None
+        }
+    }
+
+    /// The method for a caller, settings errors counting as "none selected".
+    pub fn selected_for(&self, ctx: &ClientCtx) -> Option<AuthType> {
+        let docs = self.settings(ctx).unwrap_or_default();
+        self.selected(ctx, &docs)
+    }
+
+    pub fn status(&self, ctx: &ClientCtx) -> Result<Status, AuthError> {
+        let docs = self.settings(ctx)?;
+        let mut st = Status {
+            auth_type: self.selected(ctx, &docs),
+            ..Status::default()
+        };
+        match st.auth_type {
+            Some(AuthType::OpenAi) => {
+                let cfg = self.openai_config(ctx, &docs);
+                st.logged_in = cfg.api_key.is_some();
+                st.base_url = Some(cfg.base_url);
+                st.model = Some(cfg.model);
+            }
+            Some(AuthType::QwenOAuth) => {
+                match self.oauth_credentials() {
+                    Ok((creds, kind)) => {
+                        st.store = Some(kind);
+                        if let Some(c) = creds {
+                            st.logged_in = true;
+                            st.expires_at_ms = Some(c.expiry_date);
+                            st.base_url = Some(c.api_base_url());
+                        }
+                    }
+                    Err(e) => st.warnings.push(format!("credential store: {e}")),
+                }
+                st.model = Some(oauth_model(&docs, &mut st.warnings));
+            }
+            None => {}
+        }
+        Ok(st)
+    }
+
+    /// Persist the method in `security.auth.selectedType`, keeping every other key.
+    pub fn switch(&self, to: AuthType, ctx: &ClientCtx) -> Result<Status, AuthError> {
+        if to == AuthType::OpenAi {
+            let docs = self.settings(ctx)?;
+            if self.openai_config(ctx, &docs).api_key.is_none() {
+                return Err(AuthError::NoApiKey {
+                    cwd: ctx.cwd.display().to_string(),
+                });
+            }
+        }
+        write_selected_type(&self.settings_path(), to)?;
+        self.status(ctx)
+    }
+
+    pub fn logout(&self) -> Result<LogoutReport, StoreError> {
+        Ok(self.stores()?.logout(Some(&self.qwen_file)))
+    }
+}
+
+fn oauth_model(docs: &[Value], warnings: &mut Vec<String>) -> String {
+    match AuthState::setting(docs, &["model", "name"]).and_then(Value::as_str) {
+        Some(m) if OAUTH_MODELS.contains(&m) => m.to_string(),
+        Some(m) => {
+            warnings.push(format!(
+                "model {m:?} is not served by Qwen OAuth; using {DEFAULT_OAUTH_MODEL}"
+            ));
+            DEFAULT_OAUTH_MODEL.to_string()
+        }
+        None => DEFAULT_OAUTH_MODEL.to_string(),
+    }
+}
+
+/// Read-modify-write of the user settings. Invalid JSON is an error naming the file and
+/// line, and nothing is written. Like Qwen Code's own settings writer, the result is plain
+/// JSON: when the file had comments, the original is kept beside it as `settings.json.orig`.
+pub fn write_selected_type(path: &Path, to: AuthType) -> Result<(), AuthError> {
+    let (mut doc, original) = match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            (qwen_settings::parse(path, &text)?, Some(text))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (Value::Object(Default::default()), None)
+        }
+        Err(source) => {
+            return Err(AuthError::Write {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let obj = doc.as_object_mut().expect("parse guarantees an object");
+    let security = obj
+        .entry("security")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !security.is_object() {
+        *security = Value::Object(Default::default());
+    }
+    let auth = security
+        .as_object_mut()
+        .expect("object")
+        .entry("auth")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !auth.is_object() {
+        *auth = Value::Object(Default::default());
+    }
+    auth.as_object_mut()
+        .expect("object")
+        .insert("selectedType".into(), Value::String(to.as_str().into()));
+    let werr = |source| AuthError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(orig) = &original
+        && qwen_settings::strip_json_comments(orig) != *orig
+    {
+        std::fs::write(path.with_extension("json.orig"), orig).map_err(werr)?;
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(werr)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(werr)?;
+    let mut text = serde_json::to_string_pretty(&doc).expect("a Value always serializes");
+    text.push('\n');
+    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(werr)?;
+    tmp.as_file().sync_all().map_err(werr)?;
+    // settings.json may hold an API key (security.auth.apiKey): keep it private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0o600);
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode)).map_err(werr)?;
+    tmp.persist(path).map_err(|e| werr(e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    fn state(t: &Path) -> AuthState {
+        AuthState::new(
+            t.join("home/.qwen"),
+            Some(t.join("state")),
+            Some(StoreKind::File),
+            Arc::new(SystemClock),
+            Arc::new(Resolver::default()),
+        )
+    }
+
+    fn ctx(t: &Path, env: &[(&str, &str)]) -> ClientCtx {
+        let mut e: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        e.insert("HOME".into(), t.join("home").display().to_string());
+        std::fs::create_dir_all(t.join("home")).unwrap();
+        let cwd = t.join("proj");
+        std::fs::create_dir_all(&cwd).unwrap();
+        ClientCtx { cwd, env: e }
+    }
+
+    #[test]
+    fn switch_writes_the_nested_key_and_keeps_everything_else() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("settings.json");
+        std::fs::write(
+            &p,
+            "{\n  // mine\n  \"ui\": {\"theme\": \"dark\"},\n  \"selectedAuthType\": \"openai\"\n}",
+        )
+        .unwrap();
+        write_selected_type(&p, AuthType::QwenOAuth).unwrap();
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(v["security"]["auth"]["selectedType"], "qwen-oauth");
+        assert_eq!(v["ui"]["theme"], "dark");
+        assert_eq!(v["selectedAuthType"], "openai");
+        assert!(
+            std::fs::read_to_string(p.with_extension("json.orig"))
+                .unwrap()
+                .contains("// mine")
+        );
+    }
+
+    #[test]
+    fn invalid_settings_are_reported_and_never_overwritten() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("settings.json");
+        std::fs::write(&p, "{\n  \"a\": 1,\n  oops\n}").unwrap();
+        let e = write_selected_type(&p, AuthType::OpenAi).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("settings.json") && msg.contains("line 3"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\n  \"a\": 1,\n  oops\n}"
+        );
+    }
+
+    #[test]
+    fn selection_and_inference() {
+        let t = tempfile::tempdir().unwrap();
+        let s = state(t.path());
+        assert_eq!(s.status(&ctx(t.path(), &[])).unwrap().auth_type, None);
+        let c = ctx(t.path(), &[("OPENAI_API_KEY", "sk-x")]);
+        let st = s.status(&c).unwrap();
+        assert_eq!(st.auth_type, Some(AuthType::OpenAi));
+        assert!(st.logged_in);
+        assert_eq!(st.base_url.as_deref(), Some(DEFAULT_OPENAI_BASE_URL));
+        assert_eq!(st.model.as_deref(), Some(DEFAULT_OPENAI_MODEL));
+        // Legacy top-level key, then the nested one wins.
+        std::fs::create_dir_all(t.path().join("home/.qwen")).unwrap();
+        std::fs::write(s.settings_path(), r#"{"selectedAuthType": "qwen-oauth"}"#).unwrap();
+        assert_eq!(s.status(&c).unwrap().auth_type, Some(AuthType::QwenOAuth));
+    }
+
+    #[test]
+    fn switch_to_openai_needs_a_key_from_env_or_dotenv() {
+        let t = tempfile::tempdir().unwrap();
+        let s = state(t.path());
+        let c = ctx(t.path(), &[]);
+        let e = s.switch(AuthType::OpenAi, &c).unwrap_err();
+        assert!(e.to_string().contains(".qwen/.env"), "{e}");
+        assert!(!s.settings_path().exists(), "nothing written on refusal");
+        std::fs::create_dir_all(c.cwd.join(".qwen")).unwrap();
+        std::fs::write(
+            c.cwd.join(".qwen/.env"),
+            "OPENAI_API_KEY=sk-dot\nOPENAI_MODEL=m1\n",
+        )
+        .unwrap();
+        let st = s.switch(AuthType::OpenAi, &c).unwrap();
+        assert_eq!(st.auth_type, Some(AuthType::OpenAi));
+        assert_eq!(st.model.as_deref(), Some("m1"));
+    }
+
+    #[test]
+    fn debug_hides_the_api_key() {
+        let cfg = OpenAiConfig {
+            api_key: Some("sk-hidden".to_string().into()),
+            ..Default::default()
+        };
+        assert!(!format!("{cfg:?}").contains("sk-hidden"));
+    }
+}

@@ -1,0 +1,140 @@
+//! `qwend.v1.Quota`: permits, outcomes and usage for the caller's account.
+use std::sync::Arc;
+
+use qwend_shared::api::quota_server::Quota as QuotaRpc;
+use qwend_shared::api::{
+    self as api, AcquirePermitRequest, AcquirePermitResponse, GetQuotaRequest,
+    ReportOutcomeRequest, ReportOutcomeResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::auth::client_ctx;
+use crate::auth::{AuthState, AuthType, ClientCtx};
+use crate::clock::SharedClock;
+use crate::config::{OPENAI_ACCOUNT, QWEN_OAUTH_ACCOUNT};
+use crate::quota::{Decision, Outcome, Quota, Reason, Snapshot};
+
+/// Longest a caller may ask the daemon to hold an `AcquirePermit` call.
+const MAX_WAIT_MS: u64 = 10 * 60 * 1000;
+
+#[derive(Debug, Clone)]
+pub struct QuotaService {
+    quota: Arc<Quota>,
+    auth: Arc<AuthState>,
+    clock: SharedClock,
+}
+
+impl QuotaService {
+    pub fn new(quota: Arc<Quota>, auth: Arc<AuthState>, clock: SharedClock) -> Self {
+        Self { quota, auth, clock }
+    }
+
+    /// The account whose counters apply: the caller's method (Qwen OAuth when none is
+    /// configured: that is the tier with a quota).
+    async fn account(&self, ctx: ClientCtx) -> Result<&'static str, Status> {
+        let auth = self.auth.clone();
+        let method = tokio::task::spawn_blocking(move || auth.selected_for(&ctx))
+            .await
+            .map_err(|e| Status::internal(format!("task failed: {e}")))?;
+        Ok(match method {
+            Some(AuthType::OpenAi) => OPENAI_ACCOUNT,
+            _ => QWEN_OAUTH_ACCOUNT,
+        })
+    }
+
+    fn status(&self, account: &str) -> api::QuotaStatus {
+        snapshot_to_api(account, &self.quota.snapshot(account, self.clock.now_ms()))
+    }
+}
+
+pub fn snapshot_to_api(account: &str, s: &Snapshot) -> api::QuotaStatus {
+    api::QuotaStatus {
+        account: account.to_string(),
+        minute: Some(api::QuotaWindow {
+            used: s.minute.used,
+            limit: s.minute.limit,
+            reset_in_ms: s.minute.reset_in_ms,
+            resets_at: String::new(),
+            exhausted: s.minute.limit.is_some_and(|l| s.minute.used >= l),
+        }),
+        day: Some(api::QuotaWindow {
+            used: s.day.used,
+            limit: s.day.limit,
+            reset_in_ms: 0,
+            resets_at: s.day.resets_at.clone(),
+            exhausted: s.day.exhausted || s.day.limit.is_some_and(|l| s.day.used >= l),
+        }),
+        cool_down_ms: s.cool_down.as_ref().map_or(0, |c| c.remaining_ms),
+        waiting: s.waiting as u32,
+    }
+}
+
+fn reason_name(r: Reason) -> &'static str {
+    match r {
+        Reason::Minute => "minute",
+        Reason::Day => "day",
+        Reason::CoolDown => "cool_down",
+    }
+}
+
+#[tonic::async_trait]
+impl QuotaRpc for QuotaService {
+    async fn acquire_permit(
+        &self,
+        req: Request<AcquirePermitRequest>,
+    ) -> Result<Response<AcquirePermitResponse>, Status> {
+        let req = req.into_inner();
+        let account = self.account(client_ctx(req.client)).await?;
+        let deadline = self.clock.now_ms() + req.wait_ms.min(MAX_WAIT_MS) as i64;
+        let decision = self
+            .quota
+            .acquire_wait(account, deadline)
+            .await
+            .map_err(|e| Status::unavailable(format!("quota ledger: {e}")))?;
+        let (granted, retry_after_ms, reason) = match decision {
+            Decision::Granted(_) => (true, 0, String::new()),
+            Decision::Refused {
+                retry_after_ms,
+                reason,
+            } => (false, retry_after_ms, reason_name(reason).to_string()),
+        };
+        Ok(Response::new(AcquirePermitResponse {
+            granted,
+            retry_after_ms,
+            reason,
+            quota: Some(self.status(account)),
+        }))
+    }
+
+    async fn report_outcome(
+        &self,
+        req: Request<ReportOutcomeRequest>,
+    ) -> Result<Response<ReportOutcomeResponse>, Status> {
+        let req = req.into_inner();
+        let account = self.account(client_ctx(req.client)).await?;
+        let outcome = if req.daily_exhausted {
+            Outcome::DailyExhausted
+        } else if req.http_status == 429 {
+            Outcome::RateLimited {
+                retry_after_ms: req.retry_after_ms,
+            }
+        } else {
+            Outcome::Success
+        };
+        if outcome != Outcome::Success {
+            tracing::info!(account, ?outcome, "upstream limit reported");
+        }
+        self.quota.report_outcome(account, outcome);
+        Ok(Response::new(ReportOutcomeResponse {
+            quota: Some(self.status(account)),
+        }))
+    }
+
+    async fn get_quota(
+        &self,
+        req: Request<GetQuotaRequest>,
+    ) -> Result<Response<api::QuotaStatus>, Status> {
+        let account = self.account(client_ctx(req.into_inner().client)).await?;
+        Ok(Response::new(self.status(account)))
+    }
+}
