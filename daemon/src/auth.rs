@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::clock::SharedClock;
 use crate::credentials::Credentials;
-use crate::dotenv::{EnvRequest, Resolver};
+use crate::dotenv::{EnvRequest, FileCache, Loaded, Resolver};
 use crate::qwen_settings::{self, SettingsError};
 use crate::store::{
     ImportPolicy, KeyringConfig, LogoutReport, QwenCredsFile, QwenFileWatch, StoreConfig,
@@ -110,6 +110,9 @@ pub struct AuthState {
     /// Opened on first use: probing the keyring must not slow the daemon's start.
     stores: Mutex<Option<Arc<Stores>>>,
     watch: Mutex<QwenFileWatch>,
+    /// Parsed settings files: every permit asks which method applies, so re-reading and
+    /// re-parsing them each time would dominate the quota path.
+    settings_cache: FileCache<Result<Value, SettingsError>>,
 }
 
 impl std::fmt::Debug for AuthState {
@@ -137,6 +140,7 @@ impl AuthState {
             resolver,
             stores: Mutex::new(None),
             watch: Mutex::new(QwenFileWatch::new()),
+            settings_cache: FileCache::new(256, 4 * 1024 * 1024),
         }
     }
 
@@ -190,16 +194,39 @@ impl AuthState {
     /// User settings (this daemon's Qwen home) and the client's workspace settings.
     fn settings(&self, ctx: &ClientCtx) -> Result<Vec<Value>, SettingsError> {
         let mut docs = Vec::new();
-        if let Some(user) = qwen_settings::read_file(&self.settings_path())? {
+        if let Some(user) = self.settings_file(&self.settings_path())? {
             docs.push(user);
         }
         let ws = ctx.cwd.join(".qwen").join("settings.json");
         if ws != self.settings_path()
-            && let Ok(Some(doc)) = qwen_settings::read_file(&ws)
+            && let Ok(Some(doc)) = self.settings_file(&ws)
         {
             docs.push(doc);
         }
         Ok(docs)
+    }
+
+    fn settings_file(&self, path: &Path) -> Result<Option<Value>, SettingsError> {
+        let loaded = self.settings_cache.get(path, |bytes| {
+            qwen_settings::parse(path, &String::from_utf8_lossy(bytes))
+        });
+        match loaded {
+            Ok(Loaded::Value(doc)) => match &*doc {
+                Ok(v) => Ok(Some(v.clone())),
+                // Re-parse for an owned error (the cached one is shared).
+                Err(_) => qwen_settings::read_file(path),
+            },
+            Ok(Loaded::TooLarge { .. }) => qwen_settings::read_file(path),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(_) => qwen_settings::read_file(path),
+        }
     }
 
     /// A setting, the workspace overriding the user (last document wins).
@@ -258,6 +285,15 @@ impl AuthState {
             .and_then(AuthType::parse);
         if explicit.is_some() {
             return explicit;
+        }
+        // The caller's own environment decides without touching the filesystem.
+        let set =
+            |vars: &HashMap<String, String>, k: &str| vars.get(k).is_some_and(|v| !v.is_empty());
+        if set(&ctx.env, "QWEN_OAUTH") {
+            return Some(AuthType::QwenOAuth);
+        }
+        if set(&ctx.env, "OPENAI_API_KEY") {
+            return Some(AuthType::OpenAi);
         }
         let (vars, _) = self.client_vars(ctx);
         if vars.get("QWEN_OAUTH").is_some_and(|v| !v.is_empty()) {

@@ -31,11 +31,11 @@ impl QuotaService {
 
     /// The account whose counters apply: the caller's method (Qwen OAuth when none is
     /// configured: that is the tier with a quota).
+    ///
+    /// Inline rather than on the blocking pool: with warm caches this is a few `stat`s,
+    /// and the thread hop would cost more than the work on the permit hot path.
     async fn account(&self, ctx: ClientCtx) -> Result<&'static str, Status> {
-        let auth = self.auth.clone();
-        let method = tokio::task::spawn_blocking(move || auth.selected_for(&ctx))
-            .await
-            .map_err(|e| Status::internal(format!("task failed: {e}")))?;
+        let method = self.auth.selected_for(&ctx);
         Ok(match method {
             Some(AuthType::OpenAi) => OPENAI_ACCOUNT,
             _ => QWEN_OAUTH_ACCOUNT,

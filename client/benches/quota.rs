@@ -1,0 +1,214 @@
+//! Quota benchmark (prints a table):
+//! `cargo build --release --workspace && cargo bench -p qwen --bench quota`
+//!
+//! - permit decisions per second, 64 concurrent clients over the socket, limits high
+//!   enough never to refuse (every decision is a durable grant); target ≥ 20,000/s;
+//! - the same with limits that refuse almost everything (decisions without a write);
+//! - the durable-write cost per grant seen by one sequential client.
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qwend_shared::api::quota_client::QuotaClient;
+use qwend_shared::api::{AcquirePermitRequest, ClientContext};
+
+const CLIENTS: usize = 64;
+
+fn daemon(qwen: &Path, dir: &Path, name: &str, vars: &[(&str, &str)]) -> std::path::PathBuf {
+    let socket = dir.join(name).join("qwend.sock");
+    let st = Command::new(qwen)
+        .env("QWEND_SOCKET", &socket)
+        .env("QWEND_STATE_DIR", dir.join(name).join("state"))
+        .env("QWEND_BIN", qwen.with_file_name("qwend"))
+        .env("HOME", dir)
+        .env("QWEN_CREDENTIAL_STORE", "file")
+        .envs(vars.iter().copied())
+        .args(["daemon", "start"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    socket
+}
+
+/// The daemon's CPU time (user + system) so far, from /proc: what a permit costs the
+/// daemon itself, apart from the load generator sharing the machine.
+fn daemon_cpu(socket: &Path) -> Duration {
+    let pid = std::fs::read_to_string(qwend_shared::paths::lock_path_for(socket)).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10) // USER_HZ = 100
+}
+
+fn stop(qwen: &Path, socket: &Path) {
+    let _ = Command::new(qwen)
+        .env("QWEND_SOCKET", socket)
+        .args(["daemon", "stop"])
+        .stdout(Stdio::null())
+        .status();
+}
+
+async fn storm(socket: &Path, home: &Path, per_client: usize) -> (Duration, usize) {
+    let ctx = ClientContext {
+        cwd: home.display().to_string(),
+        env: [("HOME".to_string(), home.display().to_string())].into(),
+    };
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(QuotaClient::new(
+            qwend_shared::transport::connect(socket).await.unwrap(),
+        ));
+    }
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        let ctx = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut granted = 0;
+            for _ in 0..per_client {
+                let r = c
+                    .acquire_permit(AcquirePermitRequest {
+                        client: Some(ctx.clone()),
+                        wait_ms: 0,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                granted += r.granted as usize;
+            }
+            granted
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        granted += t.await.unwrap();
+    }
+    (t.elapsed(), granted)
+}
+
+fn main() {
+    let qwen = Path::new(env!("CARGO_BIN_EXE_qwen"));
+    assert!(
+        qwen.with_file_name("qwend").is_file(),
+        "run `cargo build --release --workspace` first"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    // A configured user: Qwen Code records the method at first login. (Without it, every
+    // permit also walks the cwd's .env to infer the method.)
+    std::fs::create_dir_all(home.join(".qwen")).unwrap();
+    std::fs::write(
+        home.join(".qwen/settings.json"),
+        r#"{"security": {"auth": {"selectedType": "qwen-oauth"}}}"#,
+    )
+    .unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(home.join(".qwen/settings.json"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "| {:<58} | {:>9} | {:>12} | {:>10} | {:>14} |",
+        "measure", "requests", "per second", "µs each", "daemon CPU µs"
+    );
+    println!(
+        "|{:-<60}|{:-<11}|{:-<14}|{:-<12}|{:-<16}|",
+        "", "", "", "", ""
+    );
+    let row = |name: &str, n: usize, d: Duration, cpu: Duration| {
+        println!(
+            "| {name:<58} | {n:>9} | {:>12.0} | {:>10.1} | {:>14.1} |",
+            n as f64 / d.as_secs_f64(),
+            d.as_secs_f64() * 1e6 / n as f64,
+            cpu.as_secs_f64() * 1e6 / n as f64
+        );
+    };
+
+    let per = 500;
+    let s = daemon(
+        qwen,
+        home,
+        "grant",
+        &[
+            ("QWEND_QUOTA_PER_MINUTE", "100000000"),
+            ("QWEND_QUOTA_PER_DAY", "100000000"),
+        ],
+    );
+    let cpu0 = daemon_cpu(&s);
+    let (d, granted) = rt.block_on(storm(&s, home, per));
+    assert_eq!(granted, CLIENTS * per);
+    let cpu = daemon_cpu(&s) - cpu0;
+    row(
+        &format!("{CLIENTS} clients, every permit a durable grant"),
+        granted,
+        d,
+        cpu,
+    );
+    stop(qwen, &s);
+
+    let s = daemon(qwen, home, "refuse", &[("QWEND_QUOTA_PER_MINUTE", "1")]);
+    let cpu0 = daemon_cpu(&s);
+    let (d, granted) = rt.block_on(storm(&s, home, per));
+    assert!(granted <= 1);
+    let cpu = daemon_cpu(&s) - cpu0;
+    row(
+        &format!("{CLIENTS} clients, limit 1/min (decisions, no writes)"),
+        CLIENTS * per,
+        d,
+        cpu,
+    );
+    stop(qwen, &s);
+
+    let s = daemon(
+        qwen,
+        home,
+        "single",
+        &[
+            ("QWEND_QUOTA_PER_MINUTE", "100000000"),
+            ("QWEND_QUOTA_PER_DAY", "100000000"),
+        ],
+    );
+    let n = 300;
+    let cpu0 = daemon_cpu(&s);
+    let d = rt.block_on(async {
+        let mut c = QuotaClient::new(qwend_shared::transport::connect(&s).await.unwrap());
+        let ctx = ClientContext {
+            cwd: home.display().to_string(),
+            env: [("HOME".to_string(), home.display().to_string())].into(),
+        };
+        let t = Instant::now();
+        for _ in 0..n {
+            assert!(
+                c.acquire_permit(AcquirePermitRequest {
+                    client: Some(ctx.clone()),
+                    wait_ms: 0
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .granted
+            );
+        }
+        t.elapsed()
+    });
+    row(
+        "1 client, sequential grants (one fdatasync each)",
+        n,
+        d,
+        daemon_cpu(&s) - cpu0,
+    );
+    stop(qwen, &s);
+}
