@@ -1,5 +1,6 @@
 //! Which file applies, and what loading it sets for one client.
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
@@ -102,8 +103,7 @@ impl Resolver {
         if !req.cwd.is_absolute() {
             return Err(EnvError::RelativeCwd(req.cwd.to_path_buf()));
         }
-        // Qwen Code walks from process.cwd(), which is the physical path.
-        let walk = PhysicalDir::open(req.cwd).map_err(|source| {
+        let cwd_err = |source: std::io::Error| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 EnvError::CwdMissing {
                     path: req.cwd.to_path_buf(),
@@ -114,7 +114,12 @@ impl Resolver {
                     source,
                 }
             }
-        })?;
+        };
+        let cwd_meta = std::fs::metadata(req.cwd).map_err(cwd_err)?;
+        if !cwd_meta.is_dir() {
+            return Err(cwd_err(std::io::Error::from_raw_os_error(20))); // ENOTDIR
+        }
+        let cwd_id = (cwd_meta.dev(), cwd_meta.ino());
         let home = req
             .client_env
             .get("HOME")
@@ -122,14 +127,14 @@ impl Resolver {
             .map(|h| normalize(Path::new(h)))
             .ok_or(EnvError::NoHome)?;
         // Qwen Code 0.12.0 crashes here (realpath of HOME); we say why instead.
-        let home_id = rustix::fs::stat(&home)
-            .map(|st| (st.st_dev, st.st_ino))
-            .map_err(|_| EnvError::HomeMissing(home.clone()))?;
-        let cwd_is_home = walk.id() == Some(home_id);
+        let home_meta =
+            std::fs::metadata(&home).map_err(|_| EnvError::HomeMissing(home.clone()))?;
+        let cwd_is_home = cwd_id == (home_meta.dev(), home_meta.ino());
 
-        let cwd = walk.path.clone();
+        // Qwen Code walks from process.cwd(), which is the physical path.
+        let (cwd, file) = self.walk(req.cwd, cwd_id, &home).map_err(cwd_err)?;
         let mut res = Resolution {
-            file: self.find_env_file(&walk, &home),
+            file,
             ..Resolution::default()
         };
         let exclusions = self.exclusions(req, &cwd, &home, cwd_is_home, &mut res.warnings);
@@ -171,26 +176,39 @@ impl Resolver {
         Ok(res)
     }
 
-    /// The walk, from the walk cache when nothing relevant changed since it was made.
-    fn find_env_file(&self, walk: &PhysicalDir, home: &Path) -> Option<PathBuf> {
+    /// The physical cwd and the chosen file. On Linux from the walk cache (keyed by the
+    /// cwd's device and inode, which one `stat` gives) when nothing relevant changed since.
+    fn walk(
+        &self,
+        cwd: &Path,
+        cwd_id: (u64, u64),
+        home: &Path,
+    ) -> std::io::Result<(PathBuf, Option<PathBuf>)> {
         #[cfg(target_os = "linux")]
         {
             let key = super::watch::WalkKey {
-                cwd: walk.path.clone(),
+                cwd: cwd_id,
                 home: home.to_path_buf(),
             };
             if let Some(hit) = self.walks.get(&key) {
-                return hit;
+                return Ok(hit);
             }
+            let dir = PhysicalDir::open(cwd)?;
             let mut rec = self.walks.recorder();
-            let found = walk.find_env_file(home, &mut rec);
-            if rec.cacheable {
-                self.walks.insert(key, found.clone());
+            let found = dir.find_env_file(home, &mut rec);
+            // The path may have been switched to another directory since the stat.
+            if rec.cacheable && dir.id() == Some(cwd_id) {
+                self.walks.insert(key, (dir.path.clone(), found.clone()));
             }
-            found
+            Ok((dir.path, found))
         }
         #[cfg(not(target_os = "linux"))]
-        walk.find_env_file(home, &mut NoObserver)
+        {
+            let _ = cwd_id;
+            let physical = std::fs::canonicalize(cwd)?;
+            let found = find_env_file(&physical, home);
+            Ok((physical, found))
+        }
     }
 
     pub fn max_env_bytes(&self) -> u64 {
@@ -248,6 +266,7 @@ fn is_absent(e: &std::io::Error) -> bool {
     )
 }
 
+#[cfg(target_os = "linux")]
 /// The physical working directory, held open so the walk can `stat` relative to each
 /// directory: with absolute paths every `stat` re-resolves every component from `/`, which
 /// makes a deep walk quadratic.
@@ -256,6 +275,7 @@ struct PhysicalDir {
     path: PathBuf,
 }
 
+#[cfg(target_os = "linux")]
 impl PhysicalDir {
     fn open(cwd: &Path) -> std::io::Result<Self> {
         use rustix::fs::{Mode, OFlags};
@@ -324,6 +344,7 @@ impl PhysicalDir {
 }
 
 /// Told what a walk depended on (the walk cache watches it).
+#[cfg(target_os = "linux")]
 trait WalkObserver {
     fn dir(&mut self, dir: &Path);
     fn uncacheable(&mut self);
@@ -339,15 +360,7 @@ impl WalkObserver for super::watch::Recorder<'_> {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
-struct NoObserver;
-
-#[cfg(not(target_os = "linux"))]
-impl WalkObserver for NoObserver {
-    fn dir(&mut self, _: &Path) {}
-    fn uncacheable(&mut self) {}
-}
-
+#[cfg(target_os = "linux")]
 /// node's `existsSync` relative to `dirfd`. A name that exists as a link but does not
 /// resolve (dangling, or a loop) could start resolving through a change anywhere on the
 /// filesystem, so such a walk is not cached.
@@ -369,6 +382,7 @@ fn exists_at<Fd: rustix::fd::AsFd, P: rustix::path::Arg + Copy>(
     }
 }
 
+#[cfg(target_os = "linux")]
 fn fd_number(fd: &rustix::fd::OwnedFd) -> i32 {
     use std::os::fd::AsRawFd;
     fd.as_raw_fd()

@@ -22,14 +22,18 @@ const MAX_WATCHES: usize = 2048;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WalkKey {
-    pub cwd: PathBuf,
+    /// Device and inode of the working directory.
+    pub cwd: (u64, u64),
     pub home: PathBuf,
 }
+
+/// The physical working directory and the chosen file.
+pub type Walk = (PathBuf, Option<PathBuf>);
 
 #[derive(Debug)]
 struct State {
     fd: OwnedFd,
-    walks: HashMap<WalkKey, Option<PathBuf>>,
+    walks: HashMap<WalkKey, Walk>,
     watched: HashSet<i32>,
 }
 
@@ -111,14 +115,14 @@ impl WalkCache {
     }
 
     /// The cached answer for `key`, after applying every pending change notification.
-    pub fn get(&self, key: &WalkKey) -> Option<Option<PathBuf>> {
+    pub fn get(&self, key: &WalkKey) -> Option<Walk> {
         let state = self.state.as_ref()?;
         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
         drain(&mut st);
         st.walks.get(key).cloned()
     }
 
-    pub fn insert(&self, key: WalkKey, chosen: Option<PathBuf>) {
+    pub fn insert(&self, key: WalkKey, walk: Walk) {
         let Some(state) = &self.state else { return };
         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
         // Events that arrived during the walk may concern it: drop it rather than trust it.
@@ -128,7 +132,7 @@ impl WalkCache {
         if st.walks.len() >= MAX_ENTRIES {
             st.walks.clear();
         }
-        st.walks.insert(key, chosen);
+        st.walks.insert(key, walk);
     }
 }
 
@@ -188,10 +192,16 @@ mod tests {
     use super::*;
 
     fn key(p: &Path) -> WalkKey {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap();
         WalkKey {
-            cwd: p.to_path_buf(),
+            cwd: (m.dev(), m.ino()),
             home: PathBuf::from("/h"),
         }
+    }
+
+    fn walk(p: &Path, chosen: Option<PathBuf>) -> Walk {
+        (p.to_path_buf(), chosen)
     }
 
     #[test]
@@ -201,12 +211,12 @@ mod tests {
         let mut rec = cache.recorder();
         rec.watch(t.path());
         assert!(rec.cacheable);
-        cache.insert(key(t.path()), None);
-        assert_eq!(cache.get(&key(t.path())), Some(None));
+        cache.insert(key(t.path()), walk(t.path(), None));
+        assert_eq!(cache.get(&key(t.path())), Some(walk(t.path(), None)));
         std::fs::write(t.path().join("unrelated.txt"), "x").unwrap();
         assert_eq!(
             cache.get(&key(t.path())),
-            Some(None),
+            Some(walk(t.path(), None)),
             "other files do not matter"
         );
         std::fs::write(t.path().join(".env"), "A=1").unwrap();
@@ -226,10 +236,10 @@ mod tests {
         let mut rec = cache.recorder();
         rec.watch(t.path());
         rec.watch(&q);
-        cache.insert(key(t.path()), None);
+        cache.insert(key(t.path()), walk(t.path(), None));
         std::fs::write(q.join(".env"), "A=1").unwrap();
         assert_eq!(cache.get(&key(t.path())), None);
-        cache.insert(key(t.path()), Some(q.join(".env")));
+        cache.insert(key(t.path()), walk(t.path(), Some(q.join(".env"))));
         std::fs::remove_file(q.join(".env")).unwrap();
         assert_eq!(cache.get(&key(t.path())), None);
     }

@@ -280,8 +280,10 @@ mod tests {
                 panic!("round {round}: torn file after SIGKILL ({e}): {bytes:?}")
             });
             let generation = got.expiry_date - 1_000;
+            // The child keeps saving until the kill lands, so later generations are fine;
+            // an older one (a lost save) or a mix of two (checked below) is not.
             assert!(
-                generation == last || generation == last + 1,
+                generation >= last,
                 "round {round}: generation {generation}, last announced {last}"
             );
             assert_eq!(got, creds(generation));
