@@ -55,6 +55,7 @@ fn in_process_round_trip(dir: &Path) -> Vec<Duration> {
         auth: services.auth,
         quota: services.quota,
         clock: services.clock,
+        hub: services.hub,
     };
     server_rt.spawn(qwend::server::serve(
         state,

@@ -113,6 +113,7 @@ pub struct AuthState {
     /// Parsed settings files: every permit asks which method applies, so re-reading and
     /// re-parsing them each time would dominate the quota path.
     settings_cache: FileCache<Result<Value, SettingsError>>,
+    events: Option<Arc<crate::events::Hub>>,
 }
 
 impl std::fmt::Debug for AuthState {
@@ -141,7 +142,14 @@ impl AuthState {
             stores: Mutex::new(None),
             watch: Mutex::new(QwenFileWatch::new()),
             settings_cache: FileCache::new(256, 4 * 1024 * 1024),
+            events: None,
         }
+    }
+
+    /// Publish login changes (an import from Qwen Code) to `Watch` subscribers.
+    pub fn with_events(mut self, hub: Arc<crate::events::Hub>) -> Self {
+        self.events = Some(hub);
+        self
     }
 
     pub fn settings_path(&self) -> PathBuf {
@@ -180,8 +188,15 @@ impl AuthState {
         };
         if changed {
             match stores.import_from_qwen(&self.qwen_file, ImportPolicy::IfNewer) {
-                Ok(crate::store::ImportOutcome::Imported(_)) => {
-                    tracing::info!("imported Qwen Code's credentials from oauth_creds.json")
+                Ok(crate::store::ImportOutcome::Imported(c)) => {
+                    tracing::info!("imported Qwen Code's credentials from oauth_creds.json");
+                    if let Some(hub) = &self.events {
+                        hub.publish(qwend_shared::api::event::Kind::LoggedIn(
+                            qwend_shared::api::LoggedIn {
+                                expires_at_ms: c.expiry_date,
+                            },
+                        ));
+                    }
                 }
                 Ok(_) => {}
                 // A bad Qwen Code file never costs us our own credentials.

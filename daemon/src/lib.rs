@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod dotenv;
+pub mod events;
 pub mod idle;
 pub mod lifecycle;
 pub mod logging;

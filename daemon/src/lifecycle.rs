@@ -157,7 +157,9 @@ async fn serve(
         auth: services.auth,
         quota: services.quota,
         clock: services.clock,
+        hub: services.hub.clone(),
     };
+    let hub = services.hub;
     tracing::info!(socket = %socket.display(), pid = std::process::id(), version = qwend_shared::VERSION, "qwend serving");
     if cli.detached_child {
         report_to_parent(READY);
@@ -174,6 +176,10 @@ async fn serve(
         let stopping = stopping.clone();
         async move {
             let reason = signals.wait(&shutdown, idle).await;
+            // Plugins hear it first; their Watch streams then end by themselves.
+            hub.publish(qwend_shared::api::event::Kind::ShuttingDown(
+                qwend_shared::api::ShuttingDown {},
+            ));
             // Unlink first: from now on clients see "not running" (and may start a
             // successor, which waits for our lock) while we finish the calls in flight.
             drop(guard);
@@ -201,6 +207,7 @@ async fn serve(
 
 /// The daemon's long-lived state, built from the environment.
 pub struct Services {
+    pub hub: Arc<crate::events::Hub>,
     pub resolver: Arc<crate::dotenv::Resolver>,
     pub auth: Arc<crate::auth::AuthState>,
     pub quota: Arc<crate::quota::Quota>,
@@ -212,13 +219,17 @@ impl Services {
         let config = crate::config::Config::from_env()?;
         let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
         let resolver = Arc::new(crate::dotenv::Resolver::default());
-        let auth = Arc::new(crate::auth::AuthState::new(
-            config.qwen_home.clone(),
-            config.state_dir.clone(),
-            config.store,
-            clock.clone(),
-            resolver.clone(),
-        ));
+        let hub = Arc::new(crate::events::Hub::new(clock.clone()));
+        let auth = Arc::new(
+            crate::auth::AuthState::new(
+                config.qwen_home.clone(),
+                config.state_dir.clone(),
+                config.store,
+                clock.clone(),
+                resolver.clone(),
+            )
+            .with_events(hub.clone()),
+        );
         let quota = {
             let (cfg, clock, dir) = (
                 config.quota.clone(),
@@ -228,6 +239,7 @@ impl Services {
             tokio::task::spawn_blocking(move || open_quota(dir, cfg, clock)).await??
         };
         Ok(Self {
+            hub,
             resolver,
             auth,
             quota: Arc::new(quota),

@@ -8,16 +8,19 @@ use qwend_shared::api::{
 use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthError, AuthState, AuthType, ClientCtx};
+use crate::events::Hub;
 use crate::store::LogoutTarget;
+use qwend_shared::api::event::Kind;
 
 #[derive(Debug, Clone)]
 pub struct AuthService {
     auth: Arc<AuthState>,
+    hub: Arc<Hub>,
 }
 
 impl AuthService {
-    pub fn new(auth: Arc<AuthState>) -> Self {
-        Self { auth }
+    pub fn new(auth: Arc<AuthState>, hub: Arc<Hub>) -> Self {
+        Self { auth, hub }
     }
 }
 
@@ -105,6 +108,9 @@ impl Auth for AuthService {
             Ok(status_to_api(&auth, st))
         })
         .await?;
+        self.hub.publish(Kind::AuthSwitched(api::AuthSwitched {
+            auth_type: st.auth_type,
+        }));
         Ok(Response::new(st))
     }
 
@@ -124,6 +130,10 @@ impl Auth for AuthService {
             LogoutTarget::QwenCodeFile => "qwen-code-file",
         };
         tracing::info!("logged out");
+        self.hub.publish(Kind::LoggedOut(api::LoggedOut {
+            relogin_needed: false,
+            reason: "logged out".into(),
+        }));
         Ok(Response::new(LogoutResponse {
             removed: report
                 .done

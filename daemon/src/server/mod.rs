@@ -2,13 +2,16 @@
 mod auth;
 mod daemon;
 mod env;
+mod events;
 mod quota;
 
 use self::auth::AuthService;
 use self::quota::QuotaService;
 use daemon::DaemonService;
 use env::EnvService;
+use events::EventsService;
 use qwend_shared::api::auth_server::AuthServer;
+use qwend_shared::api::events_server::EventsServer;
 use qwend_shared::api::quota_server::QuotaServer;
 use std::future::Future;
 use std::path::PathBuf;
@@ -35,6 +38,7 @@ pub struct DaemonState {
     pub auth: Arc<crate::auth::AuthState>,
     pub quota: Arc<crate::quota::Quota>,
     pub clock: crate::clock::SharedClock,
+    pub hub: Arc<crate::events::Hub>,
 }
 
 /// Serve every service on `listener` until `stop` completes, then finish in-flight calls.
@@ -62,8 +66,17 @@ pub async fn serve(
         .set_serving::<QuotaServer<QuotaService>>()
         .await;
     let env = EnvService::new(state.resolver.clone());
-    let auth = AuthService::new(state.auth.clone());
-    let quota = QuotaService::new(state.quota.clone(), state.auth.clone(), state.clock.clone());
+    health_reporter
+        .set_serving::<EventsServer<EventsService>>()
+        .await;
+    let auth = AuthService::new(state.auth.clone(), state.hub.clone());
+    let quota = QuotaService::new(
+        state.quota.clone(),
+        state.auth.clone(),
+        state.clock.clone(),
+        state.hub.clone(),
+    );
+    let events = EventsService::new(state.hub.clone());
     let incoming = UnixListenerStream::new(listener).map(move |s| s.map(|s| connections.track(s)));
     tonic::transport::Server::builder()
         .layer(tonic::service::InterceptorLayer::new(check_peer))
@@ -73,6 +86,7 @@ pub async fn serve(
         .add_service(EnvServer::new(env))
         .add_service(AuthServer::new(auth))
         .add_service(QuotaServer::new(quota))
+        .add_service(EventsServer::new(events))
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
     Ok(())

@@ -12,7 +12,9 @@ use super::auth::client_ctx;
 use crate::auth::{AuthState, AuthType, ClientCtx};
 use crate::clock::SharedClock;
 use crate::config::{OPENAI_ACCOUNT, QWEN_OAUTH_ACCOUNT};
+use crate::events::Hub;
 use crate::quota::{Decision, Outcome, Quota, Reason, Snapshot};
+use qwend_shared::api::event::Kind;
 
 /// Longest a caller may ask the daemon to hold an `AcquirePermit` call.
 const MAX_WAIT_MS: u64 = 10 * 60 * 1000;
@@ -22,11 +24,26 @@ pub struct QuotaService {
     quota: Arc<Quota>,
     auth: Arc<AuthState>,
     clock: SharedClock,
+    hub: Arc<Hub>,
 }
 
 impl QuotaService {
-    pub fn new(quota: Arc<Quota>, auth: Arc<AuthState>, clock: SharedClock) -> Self {
-        Self { quota, auth, clock }
+    pub fn new(quota: Arc<Quota>, auth: Arc<AuthState>, clock: SharedClock, hub: Arc<Hub>) -> Self {
+        Self {
+            quota,
+            auth,
+            clock,
+            hub,
+        }
+    }
+
+    fn announce(&self, q: &api::QuotaStatus) {
+        self.hub.publish(Kind::QuotaChanged(api::QuotaChanged {
+            account: q.account.clone(),
+            minute_used: q.minute.as_ref().map_or(0, |m| m.used),
+            day_used: q.day.as_ref().map_or(0, |d| d.used),
+            cool_down_ms: q.cool_down_ms,
+        }));
     }
 
     /// The account whose counters apply: the caller's method (Qwen OAuth when none is
@@ -98,11 +115,15 @@ impl QuotaRpc for QuotaService {
                 reason,
             } => (false, retry_after_ms, reason_name(reason).to_string()),
         };
+        let quota = self.status(account);
+        if granted {
+            self.announce(&quota);
+        }
         Ok(Response::new(AcquirePermitResponse {
             granted,
             retry_after_ms,
             reason,
-            quota: Some(self.status(account)),
+            quota: Some(quota),
         }))
     }
 
@@ -125,9 +146,11 @@ impl QuotaRpc for QuotaService {
             tracing::info!(account, ?outcome, "upstream limit reported");
         }
         self.quota.report_outcome(account, outcome);
-        Ok(Response::new(ReportOutcomeResponse {
-            quota: Some(self.status(account)),
-        }))
+        let quota = self.status(account);
+        if outcome != Outcome::Success {
+            self.announce(&quota);
+        }
+        Ok(Response::new(ReportOutcomeResponse { quota: Some(quota) }))
     }
 
     async fn get_quota(
