@@ -4,7 +4,7 @@
 //! The daemon serves many clients, so nothing here reads the daemon's own environment:
 //! HOME, QWEN_HOME and the set of already-present keys all come from the request.
 mod cache;
-mod parse;
+pub(crate) mod parse;
 mod resolve;
 #[cfg(target_os = "linux")]
 mod watch;

@@ -143,7 +143,7 @@ impl Resolver {
         };
         let parsed = match self
             .env_files
-            .get(&file, |b| super::parse(&String::from_utf8_lossy(b)))
+            .get(&file, |b| super::parse::parse(&super::parse::decode(b)))
         {
             Ok(Loaded::Value(p)) => p,
             Ok(Loaded::TooLarge { size, limit }) => {
