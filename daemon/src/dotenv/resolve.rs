@@ -703,6 +703,29 @@ mod tests {
         assert_eq!(level(&r).as_deref(), Some("home"));
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_cwd_that_vanishes_mid_walk_ends_cleanly() {
+        let t = Tree::new();
+        t.write("w/.env", "TOP=1");
+        t.mkdir("w/a/b");
+        let dir = PhysicalDir::open(&t.p("w/a/b")).unwrap();
+        // The directory and its parent go away after the walk started from them.
+        std::fs::remove_dir(t.p("w/a/b")).unwrap();
+        std::fs::remove_dir(t.p("w/a")).unwrap();
+        let cache = super::super::watch::WalkCache::default();
+        let mut rec = cache.recorder();
+        let found = dir.find_env_file(&t.p("home"), &mut rec);
+        // Whatever the kernel still lets us see: no panic, and never a file that does not
+        // exist.
+        if let Some(f) = &found {
+            assert!(f.exists(), "{f:?}");
+        }
+        // Through the public API the vanished cwd is a typed error.
+        let e = t.resolve("w/a/b", &t.env(&[])).unwrap_err();
+        assert!(matches!(e, EnvError::CwdMissing { .. }), "{e}");
+    }
+
     #[test]
     fn debug_output_never_shows_values() {
         let t = Tree::new();
