@@ -308,6 +308,50 @@ mod tests {
             .collect()
     }
 
+    /// Expected values produced by the real dotenv 17.4.2 `parse` (node) on the same input.
+    #[test]
+    fn table_agrees_with_real_dotenv() {
+        let cases: &[(&str, &[(&str, &str)])] = &[
+            ("A=1", &[("A", "1")]),
+            ("export A=1", &[("A", "1")]),
+            ("exportGLUED=1", &[("exportGLUED", "1")]),
+            ("A: colon", &[("A", "colon")]),
+            ("A:nospace", &[]),
+            ("  A  =  padded value  ", &[("A", "padded value")]),
+            ("A=abc#def", &[("A", "abc")]),
+            ("A=abc # c", &[("A", "abc")]),
+            ("A=#x", &[("A", "")]),
+            ("A=\"abc#def\"", &[("A", "abc#def")]),
+            ("A='x # y'", &[("A", "x # y")]),
+            ("A=\"a\\nb\\rc\\td\"", &[("A", "a\nb\rc\\td")]),
+            ("A='a\\nb'", &[("A", "a\\nb")]),
+            ("A=`bq`", &[("A", "bq")]),
+            ("A=${B}", &[("A", "${B}")]),
+            ("A=\"l1\nl2\"\nB=2", &[("A", "l1\nl2"), ("B", "2")]),
+            ("A=1\r\nB=\"x\r\ny\"\r\n", &[("A", "1"), ("B", "x\ny")]),
+            (
+                "\u{FEFF}FIRST=1\nSECOND=2",
+                &[("FIRST", "1"), ("SECOND", "2")],
+            ),
+            ("A=1\nA=2\nB=3\nA=4", &[("A", "4"), ("B", "3")]),
+            ("A=", &[("A", "")]),
+            ("A=''", &[("A", "")]),
+            ("A=\"never closed", &[("A", "\"never closed")]),
+            ("A='single'trail", &[("A", "'single'trail")]),
+            ("A=\"a\\\"b\"", &[("A", "a\\\"b")]),
+            (
+                "dotted.key=1\ndashed-key=2",
+                &[("dotted.key", "1"), ("dashed-key", "2")],
+            ),
+            ("# only a comment\n\n", &[]),
+            ("__proto__=x\nA=1", &[("A", "1")]),
+            ("A=x\u{0}y", &[("A", "x\u{0}y")]),
+        ];
+        for (src, want) in cases {
+            assert_eq!(p(src), kv(want), "input {src:?}");
+        }
+    }
+
     #[test]
     fn array_index_rules() {
         assert_eq!(array_index("0"), Some(0));
@@ -380,66 +424,6 @@ mod tests {
             )
         ) {
             let _ = parse(&parts.concat());
-        }
-    }
-}
-
-#[cfg(test)]
-mod table {
-    use super::*;
-
-    fn get(src: &str) -> Vec<(String, String)> {
-        parse(src)
-    }
-
-    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    /// Expected values produced by the real dotenv 17.2 `parse` (node) on the same input.
-    #[test]
-    fn table_agrees_with_real_dotenv() {
-        let cases: &[(&str, &[(&str, &str)])] = &[
-            ("A=1", &[("A", "1")]),
-            ("export A=1", &[("A", "1")]),
-            ("exportGLUED=1", &[("exportGLUED", "1")]),
-            ("A: colon", &[("A", "colon")]),
-            ("A:nospace", &[]),
-            ("  A  =  padded value  ", &[("A", "padded value")]),
-            ("A=abc#def", &[("A", "abc")]),
-            ("A=abc # c", &[("A", "abc")]),
-            ("A=#x", &[("A", "")]),
-            ("A=\"abc#def\"", &[("A", "abc#def")]),
-            ("A='x # y'", &[("A", "x # y")]),
-            ("A=\"a\\nb\\rc\\td\"", &[("A", "a\nb\rc\\td")]),
-            ("A='a\\nb'", &[("A", "a\\nb")]),
-            ("A=`bq`", &[("A", "bq")]),
-            ("A=${B}", &[("A", "${B}")]),
-            ("A=\"l1\nl2\"\nB=2", &[("A", "l1\nl2"), ("B", "2")]),
-            ("A=1\r\nB=\"x\r\ny\"\r\n", &[("A", "1"), ("B", "x\ny")]),
-            (
-                "\u{FEFF}FIRST=1\nSECOND=2",
-                &[("FIRST", "1"), ("SECOND", "2")],
-            ),
-            ("A=1\nA=2\nB=3\nA=4", &[("A", "4"), ("B", "3")]),
-            ("A=", &[("A", "")]),
-            ("A=''", &[("A", "")]),
-            ("A=\"never closed", &[("A", "\"never closed")]),
-            ("A='single'trail", &[("A", "'single'trail")]),
-            ("A=\"a\\\"b\"", &[("A", "a\\\"b")]),
-            (
-                "dotted.key=1\ndashed-key=2",
-                &[("dotted.key", "1"), ("dashed-key", "2")],
-            ),
-            ("# only a comment\n\n", &[]),
-            ("__proto__=x\nA=1", &[("A", "1")]),
-            ("A=x\u{0}y", &[("A", "x\u{0}y")]),
-        ];
-        for (src, want) in cases {
-            assert_eq!(get(src), kv(want), "input {src:?}");
         }
     }
 }
