@@ -53,6 +53,16 @@ pub enum AuthError {
         "cannot switch to openai: no OPENAI_API_KEY for {cwd}. Set it in the environment (export OPENAI_API_KEY=...) or in a .env file (.qwen/.env in the project, or ~/.qwen/.env); OPENAI_BASE_URL and OPENAI_MODEL are optional"
     )]
     NoApiKey { cwd: String },
+    #[error(
+        "no authentication is configured. Log in with Qwen OAuth (`qwen auth login`), or set OPENAI_API_KEY (optionally OPENAI_BASE_URL and OPENAI_MODEL) in the environment or in a .env file (.qwen/.env in the project, or ~/.qwen/.env)"
+    )]
+    NothingConfigured,
+    #[error(
+        "no OPENAI_API_KEY for {cwd}. Set it in the environment (export OPENAI_API_KEY=...) or in a .env file (.qwen/.env in the project, or ~/.qwen/.env); OPENAI_BASE_URL and OPENAI_MODEL are optional"
+    )]
+    MissingApiKey { cwd: String },
+    #[error("not logged in to Qwen OAuth; run `qwen auth login`")]
+    NotLoggedIn,
     #[error("{0}")]
     Env(#[from] crate::dotenv::EnvError),
     #[error("credential store: {0}")]
@@ -87,6 +97,17 @@ impl std::fmt::Debug for OpenAiConfig {
             .field("model", &self.model)
             .finish()
     }
+}
+
+/// Credentials ready for an OpenAI-compatible request.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub auth_type: AuthType,
+    pub token: secrecy::SecretString,
+    pub base_url: String,
+    pub model: String,
+    pub expires_at_ms: Option<i64>,
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -372,13 +393,60 @@ impl AuthState {
         self.status(ctx)
     }
 
+    /// Ready-to-use credentials for the caller's method. `model`: the caller's `--model`.
+    pub fn credentials(&self, ctx: &ClientCtx, model: Option<&str>) -> Result<Ready, AuthError> {
+        let docs = self.settings(ctx)?;
+        match self.selected(ctx, &docs) {
+            None => Err(AuthError::NothingConfigured),
+            Some(AuthType::OpenAi) => {
+                let cfg = self.openai_config(ctx, &docs);
+                let token = cfg.api_key.ok_or_else(|| AuthError::MissingApiKey {
+                    cwd: ctx.cwd.display().to_string(),
+                })?;
+                Ok(Ready {
+                    auth_type: AuthType::OpenAi,
+                    token,
+                    base_url: cfg.base_url,
+                    model: model.map_or(cfg.model, String::from),
+                    expires_at_ms: None,
+                    warnings: Vec::new(),
+                })
+            }
+            Some(AuthType::QwenOAuth) => {
+                let now = self.clock.now_ms();
+                let (creds, _) = self.oauth_credentials()?;
+                let creds = creds
+                    .filter(|c| c.is_valid_at(now))
+                    .ok_or(AuthError::NotLoggedIn)?;
+                let mut warnings = Vec::new();
+                let model = oauth_model_for(model, &docs, &mut warnings);
+                Ok(Ready {
+                    auth_type: AuthType::QwenOAuth,
+                    base_url: creds.api_base_url(),
+                    expires_at_ms: Some(creds.expiry_date),
+                    token: creds.access_token,
+                    model,
+                    warnings,
+                })
+            }
+        }
+    }
+
     pub fn logout(&self) -> Result<LogoutReport, StoreError> {
         Ok(self.stores()?.logout(Some(&self.qwen_file)))
     }
 }
 
 fn oauth_model(docs: &[Value], warnings: &mut Vec<String>) -> String {
-    match AuthState::setting(docs, &["model", "name"]).and_then(Value::as_str) {
+    oauth_model_for(None, docs, warnings)
+}
+
+/// The model for a Qwen OAuth request: the caller's choice or `model.name` when the OAuth
+/// tier serves it, else the default, with a warning naming the refused model.
+fn oauth_model_for(requested: Option<&str>, docs: &[Value], warnings: &mut Vec<String>) -> String {
+    let wanted =
+        requested.or_else(|| AuthState::setting(docs, &["model", "name"]).and_then(Value::as_str));
+    match wanted {
         Some(m) if OAUTH_MODELS.contains(&m) => m.to_string(),
         Some(m) => {
             warnings.push(format!(

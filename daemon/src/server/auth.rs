@@ -3,7 +3,8 @@ use std::sync::Arc;
 
 use qwend_shared::api::auth_server::Auth;
 use qwend_shared::api::{
-    self as api, AuthStatusRequest, LogoutRequest, LogoutResponse, SwitchAuthRequest,
+    self as api, AuthStatusRequest, CredentialsReply, GetCredentialsRequest, LoginEvent,
+    LoginRequest, LogoutRequest, LogoutResponse, SwitchAuthRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -55,7 +56,10 @@ fn status_to_api(auth: &AuthState, st: crate::auth::Status) -> api::AuthStatus {
 
 fn to_status(e: AuthError) -> Status {
     match e {
-        AuthError::NoApiKey { .. } => Status::failed_precondition(e.to_string()),
+        AuthError::NoApiKey { .. }
+        | AuthError::NothingConfigured
+        | AuthError::MissingApiKey { .. }
+        | AuthError::NotLoggedIn => Status::failed_precondition(e.to_string()),
         // Not FAILED_PRECONDITION: clients read that as "authentication needed".
         AuthError::Settings(_) => Status::internal(e.to_string()),
         _ => Status::internal(e.to_string()),
@@ -146,6 +150,37 @@ impl Auth for AuthService {
                 .iter()
                 .map(|(t, e)| format!("{}: {e}", name(t)))
                 .collect(),
+        }))
+    }
+
+    type LoginStream = tokio_stream::wrappers::ReceiverStream<Result<LoginEvent, Status>>;
+
+    async fn login(
+        &self,
+        _req: Request<LoginRequest>,
+    ) -> Result<Response<Self::LoginStream>, Status> {
+        Err(Status::unimplemented("login is not wired yet"))
+    }
+
+    async fn get_credentials(
+        &self,
+        req: Request<GetCredentialsRequest>,
+    ) -> Result<Response<CredentialsReply>, Status> {
+        let req = req.into_inner();
+        let ctx = client_ctx(req.client);
+        let auth = self.auth.clone();
+        let ready = blocking(move || {
+            auth.credentials(&ctx, req.model.as_deref())
+                .map_err(to_status)
+        })
+        .await?;
+        Ok(Response::new(CredentialsReply {
+            auth_type: to_api_type(Some(ready.auth_type)) as i32,
+            token: secrecy::ExposeSecret::expose_secret(&ready.token).to_string(),
+            base_url: ready.base_url,
+            model: ready.model,
+            expires_at_ms: ready.expires_at_ms,
+            warnings: ready.warnings,
         }))
     }
 }
