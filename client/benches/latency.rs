@@ -35,6 +35,14 @@ fn row(name: &str, n: usize, mut samples: Vec<Duration>, target: &str) {
 fn in_process_round_trip(dir: &Path) -> Vec<Duration> {
     let socket = dir.join("inproc").join("qwend.sock");
     transport::ensure_private_dir(socket.parent().unwrap()).unwrap();
+    // The in-process daemon reads its configuration from this process's environment: keep
+    // it off the machine's real ~/.qwen and keyring.
+    // SAFETY: no other thread runs yet (the runtimes are built below).
+    unsafe {
+        std::env::set_var("QWEN_HOME", dir.join("inproc-home"));
+        std::env::set_var("QWEND_STATE_DIR", dir.join("inproc-state"));
+        std::env::set_var("QWEN_CREDENTIAL_STORE", "file");
+    }
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -56,6 +64,7 @@ fn in_process_round_trip(dir: &Path) -> Vec<Duration> {
         quota: services.quota,
         clock: services.clock,
         hub: services.hub,
+        login: services.login,
     };
     server_rt.spawn(qwend::server::serve(
         state,

@@ -5,16 +5,21 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use secrecy::SecretString;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::credentials::Credentials;
 use crate::dotenv::{EnvRequest, FileCache, Loaded, Resolver};
+use crate::oauth::{OAuthClient, OAuthConfig};
 use crate::qwen_settings::{self, SettingsError};
 use crate::store::{
     ImportPolicy, KeyringConfig, LogoutReport, QwenCredsFile, QwenFileWatch, StoreConfig,
-    StoreError, StoreKind, Stores,
+    StoreError, StoreKind, StorePersistence, Stores,
 };
+use crate::tokens::{TokenError, TokenManager, TokenManagerConfig, TokenStatus};
+use qwend_shared::api::{self, event::Kind};
 
 pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_OPENAI_MODEL: &str = "qwen3.5-plus";
@@ -63,6 +68,10 @@ pub enum AuthError {
     MissingApiKey { cwd: String },
     #[error("not logged in to Qwen OAuth; run `qwen auth login`")]
     NotLoggedIn,
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    #[error("internal task failed: {0}")]
+    Task(String),
     #[error("{0}")]
     Env(#[from] crate::dotenv::EnvError),
     #[error("credential store: {0}")]
@@ -121,6 +130,47 @@ pub struct Status {
     pub warnings: Vec<String>,
 }
 
+/// How the daemon talks to the Qwen OAuth server and keeps its tokens.
+#[derive(Debug, Clone)]
+pub struct OAuthSettings {
+    /// The HTTP client is built on first use: loading the system's root certificates
+    /// would otherwise slow every daemon start, most of which never talk OAuth.
+    pub config: OAuthConfig,
+    pub tokens: TokenManagerConfig,
+    /// Keep Qwen Code's `oauth_creds.json` in step with our logins and refreshes.
+    pub sync_qwen_file: bool,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        Self {
+            config: OAuthConfig::default(),
+            tokens: TokenManagerConfig::default(),
+            sync_qwen_file: true,
+        }
+    }
+}
+
+/// The token manager and the store behind it, created on first use.
+#[derive(Clone)]
+struct OAuthRuntime {
+    tokens: TokenManager,
+    persistence: Arc<StorePersistence>,
+    stores: Arc<Stores>,
+}
+
+/// What [`AuthState::plan`] decided for a caller.
+#[derive(Debug)]
+pub enum Plan {
+    /// Everything is known (openai).
+    Ready(Ready),
+    /// A Qwen OAuth token is needed; the rest is decided.
+    QwenOAuth {
+        model: String,
+        warnings: Vec<String>,
+    },
+}
+
 pub struct AuthState {
     qwen_home: PathBuf,
     state_dir: Option<PathBuf>,
@@ -130,7 +180,12 @@ pub struct AuthState {
     qwen_file: QwenCredsFile,
     /// Opened on first use: probing the keyring must not slow the daemon's start.
     stores: Mutex<Option<Arc<Stores>>>,
-    watch: Mutex<QwenFileWatch>,
+    watch: Arc<Mutex<QwenFileWatch>>,
+    oauth_settings: OAuthSettings,
+    oauth_client: std::sync::OnceLock<OAuthClient>,
+    oauth: Mutex<Option<OAuthRuntime>>,
+    /// Stops the background refresh.
+    cancel: CancellationToken,
     /// Parsed settings files: every permit asks which method applies, so re-reading and
     /// re-parsing them each time would dominate the quota path.
     settings_cache: FileCache<Result<Value, SettingsError>>,
@@ -161,7 +216,11 @@ impl AuthState {
             clock,
             resolver,
             stores: Mutex::new(None),
-            watch: Mutex::new(QwenFileWatch::new()),
+            watch: Arc::new(Mutex::new(QwenFileWatch::new())),
+            oauth_settings: OAuthSettings::default(),
+            oauth_client: std::sync::OnceLock::new(),
+            oauth: Mutex::new(None),
+            cancel: CancellationToken::new(),
             settings_cache: FileCache::new(256, 4 * 1024 * 1024),
             events: None,
         }
@@ -171,6 +230,24 @@ impl AuthState {
     pub fn with_events(mut self, hub: Arc<crate::events::Hub>) -> Self {
         self.events = Some(hub);
         self
+    }
+
+    pub fn with_oauth(mut self, settings: OAuthSettings) -> Self {
+        self.oauth_settings = settings;
+        self
+    }
+
+    pub fn oauth_client(&self) -> Result<&OAuthClient, crate::oauth::OAuthError> {
+        if let Some(c) = self.oauth_client.get() {
+            return Ok(c);
+        }
+        let client = OAuthClient::new(self.oauth_settings.config.clone())?;
+        Ok(self.oauth_client.get_or_init(|| client))
+    }
+
+    /// Stops the background refresh (daemon shutdown).
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
     }
 
     pub fn settings_path(&self) -> PathBuf {
@@ -200,31 +277,119 @@ impl AuthState {
         Ok(stores)
     }
 
-    /// Our OAuth credentials, after adopting a login made meanwhile with Qwen Code.
-    pub fn oauth_credentials(&self) -> Result<(Option<Credentials>, StoreKind), StoreError> {
+    /// The token manager, created on first use from what the store holds (after importing
+    /// Qwen Code's credentials when they are newer). Blocks: call it off the async threads.
+    fn runtime(&self) -> Result<OAuthRuntime, StoreError> {
+        let mut slot = self.oauth.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rt) = slot.as_ref() {
+            return Ok(rt.clone());
+        }
         let stores = self.stores()?;
+        if let Some(c) = self.import_if_changed(&stores) {
+            self.announce_login(&c);
+        }
+        let initial = match stores.selected().load() {
+            Ok(c) => c,
+            // Already moved aside by the store, with a warning; nothing usable is left.
+            Err(StoreError::Corrupt { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let persistence = Arc::new(StorePersistence::new(
+            stores.clone(),
+            self.qwen_file.clone(),
+            self.oauth_settings.sync_qwen_file,
+            self.watch.clone(),
+        ));
+        let tokens = TokenManager::new(
+            initial,
+            Arc::new(LazyRefresher(
+                self.oauth_settings.config.clone(),
+                Default::default(),
+            )),
+            Arc::new(persistence.clone()),
+            self.clock.clone(),
+            self.oauth_settings.tokens.clone(),
+        );
+        // Without a runtime (synchronous unit tests) there is nothing to schedule on.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let _enter = handle.enter();
+            tokens.spawn_scheduler(self.cancel.child_token());
+            if let Some(hub) = &self.events {
+                handle.spawn(forward_token_events(
+                    tokens.subscribe(),
+                    hub.clone(),
+                    self.cancel.child_token(),
+                ));
+            }
+        }
+        let rt = OAuthRuntime {
+            tokens,
+            persistence,
+            stores,
+        };
+        *slot = Some(rt.clone());
+        Ok(rt)
+    }
+
+    /// Credentials Qwen Code wrote since we last looked (the user logged in with it, or it
+    /// refreshed), once they are in our store.
+    fn import_if_changed(&self, stores: &Stores) -> Option<Credentials> {
         let changed = {
             let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
             w.changed(&self.qwen_file).unwrap_or(true)
         };
-        if changed {
-            match stores.import_from_qwen(&self.qwen_file, ImportPolicy::IfNewer) {
-                Ok(crate::store::ImportOutcome::Imported(c)) => {
-                    tracing::info!("imported Qwen Code's credentials from oauth_creds.json");
-                    if let Some(hub) = &self.events {
-                        hub.publish(qwend_shared::api::event::Kind::LoggedIn(
-                            qwend_shared::api::LoggedIn {
-                                expires_at_ms: c.expiry_date,
-                            },
-                        ));
-                    }
-                }
-                Ok(_) => {}
-                // A bad Qwen Code file never costs us our own credentials.
-                Err(e) => tracing::warn!("not importing Qwen Code's credentials: {e}"),
+        if !changed {
+            return None;
+        }
+        match stores.import_from_qwen(&self.qwen_file, ImportPolicy::IfNewer) {
+            Ok(crate::store::ImportOutcome::Imported(c)) => {
+                tracing::info!("imported Qwen Code's credentials from oauth_creds.json");
+                Some(c)
+            }
+            Ok(_) => None,
+            // A bad Qwen Code file never costs us our own credentials.
+            Err(e) => {
+                tracing::warn!("not importing Qwen Code's credentials: {e}");
+                None
             }
         }
-        Ok((stores.selected().load()?, stores.kind()))
+    }
+
+    fn announce_login(&self, c: &Credentials) {
+        self.announce_login_at(c.expiry_date);
+    }
+
+    /// Tells `Watch` subscribers about a new login.
+    pub fn announce_login_at(&self, expires_at_ms: i64) {
+        if let Some(hub) = &self.events {
+            hub.publish(Kind::LoggedIn(api::LoggedIn { expires_at_ms }));
+        }
+    }
+
+    /// The token manager, after adopting a login made meanwhile with Qwen Code.
+    pub async fn tokens(self: &Arc<Self>) -> Result<TokenManager, AuthError> {
+        let this = self.clone();
+        let (rt, imported) = tokio::task::spawn_blocking(move || {
+            let rt = this.runtime()?;
+            let imported = this.import_if_changed(&rt.stores);
+            Ok::<_, StoreError>((rt, imported))
+        })
+        .await
+        .map_err(|e| AuthError::Task(e.to_string()))??;
+        if let Some(c) = imported {
+            rt.tokens.adopt(Some(c.clone())).await;
+            self.announce_login(&c);
+        }
+        Ok(rt.tokens)
+    }
+
+    /// Where our copy of the OAuth credentials lives, once the store is open.
+    pub fn store_kind(&self) -> Option<StoreKind> {
+        self.stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|s| s.kind())
     }
 
     /// User settings (this daemon's Qwen home) and the client's workspace settings.
@@ -361,13 +526,29 @@ impl AuthState {
                 st.model = Some(cfg.model);
             }
             Some(AuthType::QwenOAuth) => {
-                match self.oauth_credentials() {
-                    Ok((creds, kind)) => {
-                        st.store = Some(kind);
-                        if let Some(c) = creds {
-                            st.logged_in = true;
-                            st.expires_at_ms = Some(c.expiry_date);
-                            st.base_url = Some(c.api_base_url());
+                match self.runtime() {
+                    Ok(rt) => {
+                        st.store = Some(rt.stores.kind());
+                        match rt.tokens.status() {
+                            TokenStatus::Active {
+                                expiry_date,
+                                retrying,
+                                ..
+                            } => {
+                                st.logged_in = true;
+                                st.expires_at_ms = Some(expiry_date);
+                                st.base_url = rt.tokens.peek().map(|c| c.api_base_url());
+                                if let Some(r) = retrying {
+                                    st.warnings.push(format!(
+                                        "token refresh failing ({} attempts): {}",
+                                        r.failures, r.last_error
+                                    ));
+                                }
+                            }
+                            TokenStatus::ReloginNeeded { reason } => st.warnings.push(format!(
+                                "the Qwen OAuth login has ended ({reason}); run `qwen auth login`"
+                            )),
+                            TokenStatus::LoggedOut => {}
                         }
                     }
                     Err(e) => st.warnings.push(format!("credential store: {e}")),
@@ -393,8 +574,9 @@ impl AuthState {
         self.status(ctx)
     }
 
-    /// Ready-to-use credentials for the caller's method. `model`: the caller's `--model`.
-    pub fn credentials(&self, ctx: &ClientCtx, model: Option<&str>) -> Result<Ready, AuthError> {
+    /// What the caller's method needs: everything for openai; for Qwen OAuth, the model
+    /// (the token comes from [`AuthState::oauth_ready`]). `model`: the caller's `--model`.
+    pub fn plan(&self, ctx: &ClientCtx, model: Option<&str>) -> Result<Plan, AuthError> {
         let docs = self.settings(ctx)?;
         match self.selected(ctx, &docs) {
             None => Err(AuthError::NothingConfigured),
@@ -403,37 +585,128 @@ impl AuthState {
                 let token = cfg.api_key.ok_or_else(|| AuthError::MissingApiKey {
                     cwd: ctx.cwd.display().to_string(),
                 })?;
-                Ok(Ready {
+                Ok(Plan::Ready(Ready {
                     auth_type: AuthType::OpenAi,
                     token,
                     base_url: cfg.base_url,
                     model: model.map_or(cfg.model, String::from),
                     expires_at_ms: None,
                     warnings: Vec::new(),
-                })
+                }))
             }
             Some(AuthType::QwenOAuth) => {
-                let now = self.clock.now_ms();
-                let (creds, _) = self.oauth_credentials()?;
-                let creds = creds
-                    .filter(|c| c.is_valid_at(now))
-                    .ok_or(AuthError::NotLoggedIn)?;
                 let mut warnings = Vec::new();
                 let model = oauth_model_for(model, &docs, &mut warnings);
-                Ok(Ready {
-                    auth_type: AuthType::QwenOAuth,
-                    base_url: creds.api_base_url(),
-                    expires_at_ms: Some(creds.expiry_date),
-                    token: creds.access_token,
-                    model,
-                    warnings,
-                })
+                Ok(Plan::QwenOAuth { model, warnings })
             }
         }
     }
 
-    pub fn logout(&self) -> Result<LogoutReport, StoreError> {
-        Ok(self.stores()?.logout(Some(&self.qwen_file)))
+    /// Ready-to-use credentials for the caller's method, refreshing the Qwen OAuth token
+    /// first when needed. `rejected`: a token the API has just refused (HTTP 401).
+    pub async fn credentials(
+        self: &Arc<Self>,
+        ctx: ClientCtx,
+        model: Option<String>,
+        rejected: Option<SecretString>,
+    ) -> Result<Ready, AuthError> {
+        let this = self.clone();
+        let plan = tokio::task::spawn_blocking(move || this.plan(&ctx, model.as_deref()))
+            .await
+            .map_err(|e| AuthError::Task(e.to_string()))??;
+        let (model, warnings) = match plan {
+            Plan::Ready(r) => return Ok(r),
+            Plan::QwenOAuth { model, warnings } => (model, warnings),
+        };
+        let tokens = self.tokens().await?;
+        let creds = match rejected {
+            Some(r) => tokens.get_replacing(&r).await,
+            None => tokens.get(false).await,
+        }?;
+        Ok(Ready {
+            auth_type: AuthType::QwenOAuth,
+            base_url: creds.api_base_url(),
+            expires_at_ms: Some(creds.expiry_date),
+            token: creds.access_token,
+            model,
+            warnings,
+        })
+    }
+
+    /// Forgets the Qwen OAuth login everywhere (keyring, our file, Qwen Code's file).
+    pub async fn logout(self: &Arc<Self>) -> Result<LogoutReport, AuthError> {
+        let tokens = self.tokens().await?;
+        // A failure is in the report too, which is what the caller shows.
+        if let Err(e) = tokens.logout("logged out").await {
+            tracing::warn!(error = %e, "logout incomplete");
+        }
+        let this = self.clone();
+        let report = tokio::task::spawn_blocking(move || this.runtime())
+            .await
+            .map_err(|e| AuthError::Task(e.to_string()))??
+            .persistence
+            .take_clear_report()
+            .unwrap_or_default();
+        Ok(report)
+    }
+}
+
+/// The refresh grant through an HTTP client built on the first refresh.
+struct LazyRefresher(OAuthConfig, std::sync::OnceLock<OAuthClient>);
+
+#[async_trait::async_trait]
+impl crate::tokens::TokenRefresher for LazyRefresher {
+    async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+    ) -> Result<crate::oauth::TokenResponse, crate::oauth::RefreshError> {
+        let client = match self.1.get() {
+            Some(c) => c,
+            None => {
+                let c = OAuthClient::new(self.0.clone())
+                    .map_err(crate::oauth::RefreshError::Transient)?;
+                self.1.get_or_init(|| c)
+            }
+        };
+        client.refresh(refresh_token).await
+    }
+}
+
+/// Turns token-manager changes into `Watch` events: refreshes, and logins that ended
+/// upstream. (Logins and logouts are announced where they happen.)
+async fn forward_token_events(
+    mut rx: tokio::sync::watch::Receiver<TokenStatus>,
+    hub: Arc<crate::events::Hub>,
+    cancel: CancellationToken,
+) {
+    let mut prev = rx.borrow_and_update().clone();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+        let now = rx.borrow_and_update().clone();
+        match (&prev, &now) {
+            (
+                TokenStatus::Active { generation: a, .. },
+                TokenStatus::Active {
+                    generation: b,
+                    expiry_date,
+                    ..
+                },
+            ) if b > a => hub.publish(Kind::TokenRefreshed(api::TokenRefreshed {
+                expires_at_ms: *expiry_date,
+            })),
+            (TokenStatus::ReloginNeeded { .. }, _) => {}
+            (_, TokenStatus::ReloginNeeded { reason }) => {
+                hub.publish(Kind::LoggedOut(api::LoggedOut {
+                    relogin_needed: true,
+                    reason: reason.clone(),
+                }))
+            }
+            _ => {}
+        }
+        prev = now;
     }
 }
 

@@ -11,6 +11,9 @@ pub const ENV_PER_DAY: &str = "QWEND_QUOTA_PER_DAY";
 pub const ENV_DAY_OFFSET: &str = "QWEND_QUOTA_DAY_OFFSET";
 pub const ENV_OPENAI_PER_MINUTE: &str = "QWEND_OPENAI_QUOTA_PER_MINUTE";
 pub const ENV_OPENAI_PER_DAY: &str = "QWEND_OPENAI_QUOTA_PER_DAY";
+pub const ENV_OAUTH_BASE_URL: &str = "QWEN_OAUTH_BASE_URL";
+pub const ENV_SYNC_QWEN_FILE: &str = "QWEND_SYNC_QWEN_FILE";
+pub const ENV_OAUTH_TIME_UNIT_MS: &str = "QWEND_OAUTH_TIME_UNIT_MS";
 
 /// Quota account of the OpenAI-compatible method (one per user).
 pub const OPENAI_ACCOUNT: &str = "openai";
@@ -35,6 +38,13 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     pub store: Option<StoreKind>,
     pub quota: QuotaConfig,
+    /// `QWEN_OAUTH_BASE_URL`, default `https://chat.qwen.ai`.
+    pub oauth_base_url: String,
+    /// Keep Qwen Code's `oauth_creds.json` in step (`QWEND_SYNC_QWEN_FILE=0` turns it off).
+    pub sync_qwen_file: bool,
+    /// Length of one second of the device-flow protocol (`interval`, `expires_in`): tests
+    /// shrink it to play a whole login in milliseconds.
+    pub oauth_time_unit: std::time::Duration,
 }
 
 impl Config {
@@ -93,11 +103,49 @@ impl Config {
             Some(h) => PathBuf::from(h),
             None => qwend_shared::paths::qwen_home().ok_or(ConfigError::NoHome)?,
         };
+        let sync_qwen_file = match get(ENV_SYNC_QWEN_FILE).map(|v| v.trim().to_ascii_lowercase()) {
+            None => true,
+            Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => true,
+            Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => false,
+            Some(v) => {
+                return Err(ConfigError::Invalid {
+                    var: ENV_SYNC_QWEN_FILE,
+                    value: v,
+                    why: "expected 1 or 0",
+                });
+            }
+        };
+        let oauth_time_unit = match get(ENV_OAUTH_TIME_UNIT_MS) {
+            None => std::time::Duration::from_secs(1),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(ms) if ms > 0 => std::time::Duration::from_millis(ms),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        var: ENV_OAUTH_TIME_UNIT_MS,
+                        value: v,
+                        why: "expected a positive number of milliseconds",
+                    });
+                }
+            },
+        };
+        let oauth_base_url = get(ENV_OAUTH_BASE_URL)
+            .map(|v| v.trim().trim_end_matches('/').to_string())
+            .unwrap_or_else(|| crate::oauth::DEFAULT_BASE_URL.to_string());
+        if !(oauth_base_url.starts_with("https://") || oauth_base_url.starts_with("http://")) {
+            return Err(ConfigError::Invalid {
+                var: ENV_OAUTH_BASE_URL,
+                value: oauth_base_url,
+                why: "expected an http:// or https:// URL",
+            });
+        }
         Ok(Self {
             qwen_home,
             state_dir: qwend_shared::paths::state_dir(),
             store,
             quota,
+            oauth_base_url,
+            sync_qwen_file,
+            oauth_time_unit,
         })
     }
 }

@@ -158,7 +158,9 @@ async fn serve(
         quota: services.quota,
         clock: services.clock,
         hub: services.hub.clone(),
+        login: services.login.clone(),
     };
+    let (auth, login) = (state.auth.clone(), services.login);
     let hub = services.hub;
     tracing::info!(socket = %socket.display(), pid = std::process::id(), version = qwend_shared::VERSION, "qwend serving");
     if cli.detached_child {
@@ -180,6 +182,8 @@ async fn serve(
             hub.publish(qwend_shared::api::event::Kind::ShuttingDown(
                 qwend_shared::api::ShuttingDown {},
             ));
+            login.shutdown();
+            auth.shutdown();
             // Unlink first: from now on clients see "not running" (and may start a
             // successor, which waits for our lock) while we finish the calls in flight.
             drop(guard);
@@ -212,6 +216,7 @@ pub struct Services {
     pub auth: Arc<crate::auth::AuthState>,
     pub quota: Arc<crate::quota::Quota>,
     pub clock: crate::clock::SharedClock,
+    pub login: Arc<crate::login::LoginCoordinator>,
 }
 
 impl Services {
@@ -228,8 +233,30 @@ impl Services {
                 clock.clone(),
                 resolver.clone(),
             )
-            .with_events(hub.clone()),
+            .with_events(hub.clone())
+            .with_oauth(crate::auth::OAuthSettings {
+                config: crate::oauth::OAuthConfig::with_base_url(config.oauth_base_url.clone()),
+                tokens: crate::tokens::TokenManagerConfig::default(),
+                sync_qwen_file: config.sync_qwen_file,
+            }),
         );
+        let login = Arc::new(crate::login::LoginCoordinator::new(
+            auth.clone(),
+            clock.clone(),
+            crate::oauth::DeviceFlowConfig {
+                time_unit: config.oauth_time_unit,
+                ..Default::default()
+            },
+        ));
+        // Open the store and start the proactive refresh now, not on the first request.
+        {
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                if let Err(e) = auth.tokens().await {
+                    tracing::warn!("Qwen OAuth credentials unavailable: {e}");
+                }
+            });
+        }
         let quota = {
             let (cfg, clock, dir) = (
                 config.quota.clone(),
@@ -244,6 +271,7 @@ impl Services {
             auth,
             quota: Arc::new(quota),
             clock,
+            login,
         })
     }
 }

@@ -10,18 +10,27 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthError, AuthState, AuthType, ClientCtx};
 use crate::events::Hub;
+use crate::login::{LoginCoordinator, LoginResult, Outcome, Start, Update};
+use crate::oauth::DeviceFlowEvent;
 use crate::store::LogoutTarget;
+use crate::tokens::TokenError;
+use api::login_event::Kind as LoginKind;
+use api::login_progress::Kind as ProgressKind;
+use api::login_result::Outcome as ApiOutcome;
 use qwend_shared::api::event::Kind;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 #[derive(Debug, Clone)]
 pub struct AuthService {
     auth: Arc<AuthState>,
+    login: Arc<LoginCoordinator>,
     hub: Arc<Hub>,
 }
 
 impl AuthService {
-    pub fn new(auth: Arc<AuthState>, hub: Arc<Hub>) -> Self {
-        Self { auth, hub }
+    pub fn new(auth: Arc<AuthState>, login: Arc<LoginCoordinator>, hub: Arc<Hub>) -> Self {
+        Self { auth, login, hub }
     }
 }
 
@@ -62,6 +71,10 @@ fn to_status(e: AuthError) -> Status {
         | AuthError::NotLoggedIn => Status::failed_precondition(e.to_string()),
         // Not FAILED_PRECONDITION: clients read that as "authentication needed".
         AuthError::Settings(_) => Status::internal(e.to_string()),
+        AuthError::Token(
+            TokenError::NotLoggedIn | TokenError::NoRefreshToken | TokenError::ReloginNeeded { .. },
+        ) => Status::failed_precondition(e.to_string()),
+        AuthError::Token(TokenError::Transient { .. }) => Status::unavailable(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }
@@ -81,6 +94,8 @@ impl Auth for AuthService {
         req: Request<AuthStatusRequest>,
     ) -> Result<Response<api::AuthStatus>, Status> {
         let ctx = client_ctx(req.into_inner().client);
+        // Picks up a login made meanwhile with Qwen Code; a store problem shows in status.
+        let _ = self.auth.tokens().await;
         let auth = self.auth.clone();
         let st = blocking(move || {
             let st = auth.status(&ctx).map_err(to_status)?;
@@ -122,12 +137,11 @@ impl Auth for AuthService {
         &self,
         _req: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
-        let auth = self.auth.clone();
-        let report = blocking(move || {
-            auth.logout()
-                .map_err(|e| Status::internal(format!("credential store: {e}")))
-        })
-        .await?;
+        let report = self
+            .auth
+            .logout()
+            .await
+            .map_err(|e| Status::internal(format!("credential store: {e}")))?;
         let name = |t: &LogoutTarget| match t {
             LogoutTarget::Keyring => "keyring",
             LogoutTarget::File => "file",
@@ -153,13 +167,56 @@ impl Auth for AuthService {
         }))
     }
 
-    type LoginStream = tokio_stream::wrappers::ReceiverStream<Result<LoginEvent, Status>>;
+    type LoginStream = ReceiverStream<Result<LoginEvent, Status>>;
 
     async fn login(
         &self,
-        _req: Request<LoginRequest>,
+        req: Request<LoginRequest>,
     ) -> Result<Response<Self::LoginStream>, Status> {
-        Err(Status::unimplemented("login is not wired yet"))
+        let force = req.into_inner().force;
+        let (tx, rx) = mpsc::channel(16);
+        let login = self.login.clone();
+        tokio::spawn(async move {
+            let mut attachment = match login.start(force).await {
+                Start::Finished(r) => {
+                    let _ = tx.send(Ok(result_event(r))).await;
+                    return;
+                }
+                Start::Attached(a) => a,
+            };
+            let p = attachment.prompt().clone();
+            let prompt = LoginKind::Prompt(api::LoginPrompt {
+                verification_uri: p.verification_uri,
+                verification_uri_complete: p.verification_uri_complete,
+                user_code: p.user_code,
+                expires_at_ms: p.expires_at_ms,
+                interval_ms: millis(p.interval),
+                attached: attachment.joined,
+            });
+            if tx.send(Ok(event(prompt))).await.is_err() {
+                return;
+            }
+            loop {
+                // The client going away (Ctrl-C) drops the attachment at once, which
+                // cancels the flow when nobody else is attached.
+                let update = tokio::select! {
+                    _ = tx.closed() => return,
+                    u = attachment.next() => u,
+                };
+                match update {
+                    Update::Progress(ev) => {
+                        if tx.send(Ok(event(progress(ev)))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Update::Done(r) => {
+                        let _ = tx.send(Ok(result_event(r))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn get_credentials(
@@ -168,12 +225,12 @@ impl Auth for AuthService {
     ) -> Result<Response<CredentialsReply>, Status> {
         let req = req.into_inner();
         let ctx = client_ctx(req.client);
-        let auth = self.auth.clone();
-        let ready = blocking(move || {
-            auth.credentials(&ctx, req.model.as_deref())
-                .map_err(to_status)
-        })
-        .await?;
+        let rejected = req.rejected_token.map(secrecy::SecretString::from);
+        let ready = self
+            .auth
+            .credentials(ctx, req.model, rejected)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(CredentialsReply {
             auth_type: to_api_type(Some(ready.auth_type)) as i32,
             token: secrecy::ExposeSecret::expose_secret(&ready.token).to_string(),
@@ -183,4 +240,54 @@ impl Auth for AuthService {
             warnings: ready.warnings,
         }))
     }
+}
+
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn event(kind: LoginKind) -> LoginEvent {
+    LoginEvent { kind: Some(kind) }
+}
+
+fn progress(ev: DeviceFlowEvent) -> LoginKind {
+    let (kind, remaining, detail) = match ev {
+        DeviceFlowEvent::Pending { remaining } => (ProgressKind::Pending, remaining, String::new()),
+        DeviceFlowEvent::SlowDown { new_interval } => (
+            ProgressKind::SlowDown,
+            std::time::Duration::ZERO,
+            format!("polling every {}s", new_interval.as_secs_f64()),
+        ),
+        DeviceFlowEvent::Retrying {
+            reason,
+            retry_in,
+            remaining,
+        } => (
+            ProgressKind::Retrying,
+            remaining,
+            format!("{reason}; retrying in {}s", retry_in.as_secs_f64()),
+        ),
+    };
+    LoginKind::Progress(api::LoginProgress {
+        kind: kind as i32,
+        remaining_ms: millis(remaining),
+        detail,
+    })
+}
+
+fn result_event(r: LoginResult) -> LoginEvent {
+    let outcome = match r.outcome {
+        Outcome::Success => ApiOutcome::Success,
+        Outcome::AlreadyLoggedIn => ApiOutcome::AlreadyLoggedIn,
+        Outcome::Denied => ApiOutcome::Denied,
+        Outcome::Expired => ApiOutcome::Expired,
+        Outcome::Cancelled => ApiOutcome::Cancelled,
+        Outcome::Error => ApiOutcome::Error,
+    };
+    event(LoginKind::Result(api::LoginResult {
+        outcome: outcome as i32,
+        message: r.message,
+        expires_at_ms: r.expires_at_ms,
+        store: r.store.map(String::from),
+    }))
 }

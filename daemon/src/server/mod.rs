@@ -39,6 +39,7 @@ pub struct DaemonState {
     pub quota: Arc<crate::quota::Quota>,
     pub clock: crate::clock::SharedClock,
     pub hub: Arc<crate::events::Hub>,
+    pub login: Arc<crate::login::LoginCoordinator>,
 }
 
 /// Serve every service on `listener` until `stop` completes, then finish in-flight calls.
@@ -69,7 +70,7 @@ pub async fn serve(
     health_reporter
         .set_serving::<EventsServer<EventsService>>()
         .await;
-    let auth = AuthService::new(state.auth.clone(), state.hub.clone());
+    let auth = AuthService::new(state.auth.clone(), state.login.clone(), state.hub.clone());
     let quota = QuotaService::new(
         state.quota.clone(),
         state.auth.clone(),

@@ -26,6 +26,7 @@ mod file;
 mod fsutil;
 mod keyring;
 mod lock;
+mod persistence;
 mod qwen_creds;
 
 pub use codec::{DecodeError, MAX_FILE_BYTES, QwenLayout};
@@ -36,6 +37,7 @@ pub use keyring::{
     PlatformStore,
 };
 pub use lock::{CredsLock, LockConfig, LockError, STALE_AFTER_MS};
+pub use persistence::StorePersistence;
 pub use qwen_creds::{
     QWEN_CREDS_FILE, QWEN_LOCK_FILE, QwenCredsFile, QwenCredsGuard, QwenFileWatch,
 };
@@ -340,6 +342,10 @@ impl LogoutReport {
             Ok(r) => self.done.push((target, r)),
             Err(e) => self.failed.push((target, e)),
         }
+    }
+
+    pub(crate) fn push_qwen(&mut self, result: Result<Removal, StoreError>) {
+        self.push(LogoutTarget::QwenCodeFile, result);
     }
 
     /// True when every reachable place is now free of credentials.

@@ -114,26 +114,15 @@ impl QwenCredsFile {
         guard.release();
         Ok(removal)
     }
-}
 
-/// `oauth_creds.lock` held on behalf of a [`QwenCredsFile`]; released on drop.
-#[derive(Debug)]
-pub struct QwenCredsGuard {
-    file: QwenCredsFile,
-    lock: CredsLock,
-}
-
-impl QwenCredsGuard {
-    /// The re-read after locking that Qwen Code's protocol asks for.
-    pub fn read(&self) -> Result<Option<Credentials>, StoreError> {
-        self.file.read()
-    }
-
-    /// Replaces the file atomically (0600, fsync'd temp file + rename). An unusable file in
-    /// the way is first kept as `oauth_creds.json.corrupt-<ts>`; Qwen Code would simply
-    /// overwrite it.
-    pub fn write(&self, creds: &Credentials, layout: QwenLayout) -> Result<FileStamp, StoreError> {
-        let f = &self.file;
+    /// [`QwenCredsGuard::write`] for a caller that holds the lock through a guard it keeps
+    /// elsewhere (the token manager holds it across a refresh; the lock is not reentrant).
+    pub fn write_held(
+        &self,
+        creds: &Credentials,
+        layout: QwenLayout,
+    ) -> Result<FileStamp, StoreError> {
+        let f = self;
         match f.read() {
             Ok(_) => {}
             Err(StoreError::Corrupt { problem, .. }) => {
@@ -155,8 +144,9 @@ impl QwenCredsGuard {
             .ok_or_else(|| StoreError::io(&f.path, "inspect", io::ErrorKind::NotFound.into()))
     }
 
-    pub fn remove(&self) -> Result<Removal, StoreError> {
-        let f = &self.file;
+    /// Removes the file (a bad one is moved aside) for a caller holding the lock.
+    pub fn remove_held(&self) -> Result<Removal, StoreError> {
+        let f = self;
         match f.read() {
             Ok(None) => Ok(Removal::NotPresent),
             Ok(Some(_)) => match fs::remove_file(&f.path) {
@@ -171,6 +161,31 @@ impl QwenCredsGuard {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// `oauth_creds.lock` held on behalf of a [`QwenCredsFile`]; released on drop.
+#[derive(Debug)]
+pub struct QwenCredsGuard {
+    file: QwenCredsFile,
+    lock: CredsLock,
+}
+
+impl QwenCredsGuard {
+    /// The re-read after locking that Qwen Code's protocol asks for.
+    pub fn read(&self) -> Result<Option<Credentials>, StoreError> {
+        self.file.read()
+    }
+
+    /// Replaces the file atomically (0600, fsync'd temp file + rename). An unusable file in
+    /// the way is first kept as `oauth_creds.json.corrupt-<ts>`; Qwen Code would simply
+    /// overwrite it.
+    pub fn write(&self, creds: &Credentials, layout: QwenLayout) -> Result<FileStamp, StoreError> {
+        self.file.write_held(creds, layout)
+    }
+
+    pub fn remove(&self) -> Result<Removal, StoreError> {
+        self.file.remove_held()
     }
 
     /// Renews the lock's mtime during a long operation (a slow refresh) so Qwen Code does
