@@ -112,6 +112,16 @@ pub enum AuthAction {
     },
     /// Forget the Qwen OAuth credentials everywhere they are stored.
     Logout,
+    /// Log in with Qwen OAuth: the daemon runs the device flow; open the page shown (or
+    /// scan the QR code) and approve. Needs a terminal.
+    Login {
+        /// Do not open a browser; just show the link, the code and the QR code.
+        #[arg(long)]
+        no_browser: bool,
+        /// Log in again even when valid credentials are held (e.g. another account).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -359,6 +359,28 @@ impl AuthState {
         self.announce_login_at(c.expiry_date);
     }
 
+    /// After a Qwen OAuth login: select the method when none is selected yet, as Qwen
+    /// Code's `/auth` does. An explicit choice of openai is kept (the caller says so).
+    /// Returns whether the selection changed.
+    pub fn select_after_login(&self) -> Result<bool, AuthError> {
+        let user = self.settings_file(&self.settings_path())?;
+        let docs: Vec<Value> = user.into_iter().collect();
+        let explicit = Self::setting(&docs, &["security", "auth", "selectedType"])
+            .or_else(|| Self::setting(&docs, &["selectedAuthType"]))
+            .and_then(Value::as_str)
+            .and_then(AuthType::parse);
+        if explicit.is_some() {
+            return Ok(false);
+        }
+        write_selected_type(&self.settings_path(), AuthType::QwenOAuth)?;
+        if let Some(hub) = &self.events {
+            hub.publish(Kind::AuthSwitched(api::AuthSwitched {
+                auth_type: api::AuthType::QwenOauth as i32,
+            }));
+        }
+        Ok(true)
+    }
+
     /// Tells `Watch` subscribers about a new login.
     pub fn announce_login_at(&self, expires_at_ms: i64) {
         if let Some(hub) = &self.events {

@@ -256,10 +256,21 @@ impl LoginCoordinator {
                 let expires = creds.expiry_date;
                 let installed = tokens.install(creds).await;
                 self.auth.announce_login_at(expires);
+                let auth = self.auth.clone();
+                let selected = tokio::task::spawn_blocking(move || auth.select_after_login()).await;
+                let selection_note = match selected {
+                    Ok(Ok(true)) => "; auth method set to qwen-oauth",
+                    Ok(Ok(false)) => "",
+                    Ok(Err(e)) => {
+                        tracing::warn!("could not select qwen-oauth after the login: {e}");
+                        ""
+                    }
+                    Err(_) => "",
+                };
                 let store = self.auth.store_kind().map(|k| k.as_str());
                 let message = match installed {
                     Ok(()) => format!(
-                        "logged in to Qwen OAuth; credentials kept in the {}",
+                        "logged in to Qwen OAuth; credentials kept in the {}{selection_note}",
                         match store {
                             Some("keyring") => "OS keyring",
                             _ => "daemon's private credentials file",

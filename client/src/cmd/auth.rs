@@ -13,10 +13,20 @@ use crate::connect;
 use crate::error::ClientError;
 
 pub async fn run(action: AuthAction, as_json: bool) -> Result<ExitCode, ClientError> {
+    // Refused before starting a daemon: a script cannot complete a browser login.
+    if matches!(action, AuthAction::Login { .. }) && !super::login::interactive() {
+        return Err(ClientError::AuthNeeded(
+            super::login::NON_INTERACTIVE_HELP.to_string(),
+        ));
+    }
     let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
-    let mut client = AuthClient::new(channel);
+    let mut client = AuthClient::new(channel.clone());
     let ctx = super::env::context()?;
     match action {
+        AuthAction::Login { no_browser, force } => {
+            let args = super::login::LoginArgs { no_browser, force };
+            return super::login::run(channel, args, as_json).await;
+        }
         AuthAction::Status => {
             let st = client
                 .get_auth_status(AuthStatusRequest { client: Some(ctx) })

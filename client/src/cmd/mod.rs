@@ -8,6 +8,7 @@ mod auth;
 mod daemon;
 mod env;
 mod install;
+pub mod login;
 mod quota;
 
 pub async fn run(cli: Cli) -> Result<ExitCode, ClientError> {

@@ -2,6 +2,8 @@
 //! real `qwen` and `qwend` binaries against them. Never the machine's real `~/.qwen`.
 #![allow(dead_code)]
 
+pub mod tty;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -10,6 +12,8 @@ pub struct TestEnv {
     pub home: PathBuf,
     pub socket: PathBuf,
     pub state: PathBuf,
+    /// More variables for every spawned process (and so for the daemon it starts).
+    pub vars: Vec<(String, String)>,
 }
 
 pub fn qwen_bin() -> PathBuf {
@@ -53,7 +57,13 @@ impl TestEnv {
             state: root.path().join("state"),
             home,
             root,
+            vars: Vec::new(),
         }
+    }
+
+    pub fn with_var(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.vars.push((key.to_string(), value.into()));
+        self
     }
 
     /// Environment every spawned process gets: nothing from the developer's session that
@@ -68,6 +78,7 @@ impl TestEnv {
             .env("QWEN_LOG", "debug")
             // No session bus in tests: the file backend, without a keyring probe.
             .env("QWEN_CREDENTIAL_STORE", "file")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
     }
 

@@ -1,0 +1,301 @@
+//! `qwen auth login` through the real binaries, on a pseudo-terminal, against a local
+//! authorization server that plays Qwen's: the exact requests, the files written, what the
+//! user sees and the exit codes.
+mod common;
+#[path = "../../daemon/src/oauth/mock.rs"]
+mod mock;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use common::tty::Tty;
+use common::*;
+use mock::{DEVICE_PATH, MockServer, Reply, TOKEN_PATH};
+use serde_json::Value;
+use sha2::Digest;
+
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    mock: MockServer,
+    env: TestEnv,
+}
+
+/// A daemon whose OAuth server is the mock, with one protocol second lasting 10 ms, so a
+/// code that "expires in 600 s" lasts 6 s and polls come every 10 ms.
+fn setup() -> Setup {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mock = rt.block_on(MockServer::start());
+    let env = TestEnv::new()
+        .with_var("QWEN_OAUTH_BASE_URL", mock.base_url())
+        .with_var("QWEND_OAUTH_TIME_UNIT_MS", "10");
+    Setup { rt, mock, env }
+}
+
+impl Setup {
+    fn login(&self, args: &[&str]) -> Tty {
+        let mut all = vec!["auth", "login"];
+        all.extend_from_slice(args);
+        Tty::spawn(&mut self.env.qwen_cmd(&all))
+    }
+
+    fn wait_for_requests(&self, n: usize) {
+        self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), self.mock.wait_for_requests(n))
+                .await
+                .expect("the daemon stopped calling the authorization server")
+        });
+    }
+
+    fn creds_file(&self) -> std::path::PathBuf {
+        self.env.home.join(".qwen/oauth_creds.json")
+    }
+}
+
+fn status_json(env: &TestEnv) -> Value {
+    let out = env.qwen(&["auth", "status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait_for_log(env: &TestEnv, needle: &str) {
+    let start = std::time::Instant::now();
+    while !env.log().contains(needle) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "daemon log never said {needle:?}:\n{}",
+            env.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn without_a_terminal_login_exits_3_and_says_how_to_configure_auth() {
+    let s = setup();
+    let out = s.env.qwen(&["auth", "login"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    for needed in [
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "OPENAI_MODEL",
+        ".qwen/.env",
+    ] {
+        assert!(err.contains(needed), "{needed} missing from: {err}");
+    }
+    assert!(out.stdout.is_empty());
+    assert!(s.mock.requests().is_empty(), "no flow may start");
+}
+
+#[test]
+fn device_login_sends_what_qwen_code_sends_and_writes_its_file() {
+    let s = setup();
+    s.mock.push(DEVICE_PATH, Reply::device_code(600, Some(1)));
+    s.mock.push(TOKEN_PATH, Reply::pending());
+    s.mock.push(TOKEN_PATH, Reply::pending());
+    s.mock.set_default(TOKEN_PATH, Reply::device_token());
+    let before = now_ms();
+
+    let tty = s.login(&["--no-browser"]);
+    let (status, screen) = tty.finish();
+    assert!(status.success(), "{screen}");
+    // What the user needs: the link with the code, the code itself, a QR code.
+    assert!(
+        screen.contains("https://chat.qwen.ai/authorize?user_code=ABCD-EFGH&client=qwen-code"),
+        "{screen}"
+    );
+    assert!(screen.contains("ABCD-EFGH"), "{screen}");
+    assert!(
+        screen.contains('▀') || screen.contains('▄'),
+        "no QR code:\n{screen}"
+    );
+    assert!(screen.contains("logged in to Qwen OAuth"), "{screen}");
+
+    // The requests, against Qwen Code's own (conformance kit).
+    let reqs = s.mock.requests();
+    assert_eq!(
+        reqs.len(),
+        4,
+        "device request, two pending polls, the grant"
+    );
+    let verifier = reqs[1].form_value("code_verifier").unwrap();
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    assert_eq!(reqs[0].form_value("code_challenge"), Some(challenge));
+    assert_eq!(verifier.len(), 43, "32 random bytes, base64url");
+    if let Some(case) = mock::conformance_case("oauth-device-flow-login") {
+        let expected = case["requests"].as_array().unwrap();
+        mock::assert_request_like(&reqs[0], &expected[0], &["code_challenge"]);
+        for r in &reqs[1..] {
+            mock::assert_request_like(r, &expected[1], &["code_verifier"]);
+        }
+    }
+    for r in &reqs[1..] {
+        assert_eq!(r.form_value("code_verifier").as_deref(), Some(&*verifier));
+    }
+
+    // Qwen Code's file, as Qwen Code's login writes it (key order, 0600).
+    let raw = std::fs::read_to_string(s.creds_file()).unwrap();
+    let keys: Vec<&str> = raw
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('"')?.split('"').next())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "access_token",
+            "refresh_token",
+            "token_type",
+            "resource_url",
+            "expiry_date"
+        ]
+    );
+    assert_eq!(mode(&s.creds_file()), 0o600);
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["access_token"], "at-device");
+    let expiry = v["expiry_date"].as_i64().unwrap();
+    assert!(expiry >= before + 3_600_000 && expiry <= now_ms() + 3_600_000);
+
+    // Every client now sees the login; asking again starts nothing.
+    let st = status_json(&s.env);
+    assert_eq!(st["logged_in"], true, "{st}");
+    assert_eq!(st["base_url"], "https://portal.qwen.ai/v1");
+    let (status, screen) = s.login(&["--no-browser"]).finish();
+    assert!(status.success(), "{screen}");
+    assert!(screen.contains("already logged in"), "{screen}");
+    assert_eq!(s.mock.count(DEVICE_PATH), 1);
+
+    // Secrets never reach the daemon's log or the screen.
+    let log = s.env.log();
+    for secret in ["at-device", "rt-device", "dc-1", verifier.as_str()] {
+        assert!(
+            !log.contains(secret) && !screen.contains(secret),
+            "{secret} leaked"
+        );
+    }
+}
+
+#[test]
+fn denied_and_expired_codes_end_with_different_messages_and_exit_3() {
+    let s = setup();
+    s.mock.push(DEVICE_PATH, Reply::device_code(600, Some(1)));
+    s.mock
+        .push(TOKEN_PATH, Reply::oauth_error(400, "access_denied"));
+    let (status, denied) = s.login(&["--no-browser"]).finish();
+    assert_eq!(status.code(), Some(3), "{denied}");
+    assert!(denied.contains("denied"), "{denied}");
+
+    s.mock.push(DEVICE_PATH, Reply::device_code(600, Some(1)));
+    s.mock
+        .push(TOKEN_PATH, Reply::oauth_error(400, "expired_token"));
+    let (status, expired) = s.login(&["--no-browser"]).finish();
+    assert_eq!(status.code(), Some(3), "{expired}");
+    assert!(expired.contains("expired"), "{expired}");
+    assert!(!expired.contains("denied"), "{expired}");
+    assert!(!s.creds_file().exists());
+    assert_eq!(status_json(&s.env)["logged_in"], false);
+}
+
+#[test]
+fn a_second_login_attaches_and_the_flow_ends_with_its_last_client() {
+    let s = setup();
+    // A code that lasts (60 s here) while the clients come and go.
+    s.mock.push(DEVICE_PATH, Reply::device_code(6000, Some(1)));
+    s.mock.set_default(TOKEN_PATH, Reply::pending());
+
+    let first = s.login(&["--no-browser"]);
+    first.expect("ABCD-EFGH");
+    let mut second = s.login(&["--no-browser"]);
+    second.expect("already in progress");
+    second.expect("ABCD-EFGH");
+    assert_eq!(s.mock.count(DEVICE_PATH), 1, "one flow, shared");
+
+    // The second client leaves; the flow goes on for the first.
+    second.interrupt();
+    let (status, _) = second.finish();
+    assert_eq!(status.code(), Some(130));
+    let polls = s.mock.requests().len();
+    s.wait_for_requests(polls + 20);
+    s.mock.set_default(TOKEN_PATH, Reply::device_token());
+    let (status, screen) = first.finish();
+    assert!(status.success(), "{screen}");
+    assert!(screen.contains("logged in"), "{screen}");
+
+    // Ctrl-C in the only client cancels the flow in the daemon.
+    s.mock.push(DEVICE_PATH, Reply::device_code(6000, Some(1)));
+    s.mock.set_default(TOKEN_PATH, Reply::pending());
+    let mut only = s.login(&["--no-browser", "--force"]);
+    only.expect("ABCD-EFGH");
+    only.interrupt();
+    let (status, screen) = only.finish();
+    assert_eq!(status.code(), Some(130), "{screen}");
+    wait_for_log(&s.env, "every client left the pending login; cancelling it");
+    wait_for_log(&s.env, "the login was cancelled");
+    // The earlier login is untouched.
+    assert_eq!(status_json(&s.env)["logged_in"], true);
+}
+
+#[test]
+fn the_browser_opens_only_on_a_local_desktop() {
+    let s = setup();
+    let opened = s.env.root.path().join("opened-url");
+    let browser = s.env.root.path().join("fake-browser");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\nprintf '%s' \"$1\" > '{}'\n", opened.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |extra: &[(&str, &str)], args: &[&str]| {
+        s.mock.push(DEVICE_PATH, Reply::device_code(600, Some(1)));
+        s.mock
+            .push(TOKEN_PATH, Reply::oauth_error(400, "access_denied"));
+        let mut all = vec!["auth", "login"];
+        all.extend_from_slice(args);
+        let mut cmd = s.env.qwen_cmd(&all);
+        cmd.env("BROWSER", &browser).env("DISPLAY", ":99");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let (_, screen) = Tty::spawn(&mut cmd).finish();
+        screen
+    };
+
+    // Over SSH, or when asked not to: never.
+    run(&[("SSH_CONNECTION", "10.0.0.1 5 10.0.0.2 22")], &[]);
+    run(&[], &["--no-browser"]);
+    assert!(!opened.exists(), "a browser was opened");
+
+    // A local desktop: the complete URL, code included. The denial ends the flow only
+    // after the prompt (and so the browser) was handled.
+    let screen = run(&[], &[]);
+    let start = std::time::Instant::now();
+    while !opened.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{screen}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let url = loop {
+        let url = std::fs::read_to_string(&opened).unwrap();
+        if !url.is_empty() {
+            break url;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(
+        url,
+        "https://chat.qwen.ai/authorize?user_code=ABCD-EFGH&client=qwen-code"
+    );
+}
