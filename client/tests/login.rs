@@ -6,7 +6,6 @@ mod common;
 mod mock;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
