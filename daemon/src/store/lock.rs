@@ -63,7 +63,7 @@ pub struct CredsLock {
 impl CredsLock {
     /// Blocks (sleeping between attempts) until the lock is ours or the attempts run out.
     pub fn acquire(path: &Path, clock: &dyn Clock, cfg: &LockConfig) -> Result<Self, LockError> {
-        let id = uuid_v4();
+        let id = owner_id();
         let mut interval = cfg.initial_interval;
         for _ in 0..cfg.max_attempts.max(1) {
             match OpenOptions::new().write(true).create_new(true).open(path) {
@@ -83,6 +83,10 @@ impl CredsLock {
                             let age = mtime_ms(&md).map(|m| clock.now_ms() - m);
                             if age.is_ok_and(|a| a > cfg.stale_after_ms) && remove_stale(path) {
                                 tracing::warn!(lock = %path.display(), "removed a stale credential lock");
+                                continue;
+                            }
+                            if owner_is_gone(path) && remove_stale(path) {
+                                tracing::warn!(lock = %path.display(), "removed the credential lock of a qwend that died holding it");
                                 continue;
                             }
                         }
@@ -160,6 +164,55 @@ impl Drop for CredsLock {
     }
 }
 
+/// What we write into the lock: Qwen Code writes a bare UUID and only ever looks at the
+/// lock's age, so the rest is ours. The pid and the boot id let a restarted daemon see at
+/// once that the lock belongs to a daemon that was killed holding it, instead of waiting
+/// out the 35 s that make it stale.
+fn owner_id() -> String {
+    match boot_id() {
+        Some(boot) => format!("{} qwend pid={} boot={boot}", uuid_v4(), std::process::id()),
+        None => uuid_v4(),
+    }
+}
+
+fn boot_id() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// True only for a lock a qwend of this boot wrote whose process no longer exists. A lock
+/// from Qwen Code, another machine, an earlier boot or a live (or reused) pid is left to
+/// the staleness rule.
+fn owner_is_gone(path: &Path) -> bool {
+    let Ok(content) = fs::read_to_string(path) else {
+        return false;
+    };
+    let mut fields = content.split(' ');
+    let (Some(_uuid), Some("qwend"), Some(pid), Some(boot), None) = (
+        fields.next(),
+        fields.next(),
+        fields.next().and_then(|f| f.strip_prefix("pid=")),
+        fields.next().and_then(|f| f.strip_prefix("boot=")),
+        fields.next(),
+    ) else {
+        return false;
+    };
+    if boot_id().as_deref() != Some(boot) {
+        return false;
+    }
+    let Some(pid) = pid
+        .parse::<i32>()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
+}
+
 /// Renames before deleting, as Qwen Code does, so that of several processes judging the
 /// same lock stale only one removes it (and not a fresh lock created in between).
 fn remove_stale(path: &Path) -> bool {
@@ -198,11 +251,43 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_left_by_a_dead_qwend_is_taken_at_once_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oauth_creds.lock");
+        let Some(boot) = boot_id() else { return };
+        // A child that has exited: its pid is free (and not reused this soon).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        fs::write(&path, format!("{} qwend pid={dead} boot={boot}", uuid_v4())).unwrap();
+        let lock = CredsLock::acquire(&path, &SystemClock, &quick()).unwrap();
+        lock.release();
+        // A live owner, another boot, or Qwen Code's bare UUID: wait for staleness.
+        for content in [
+            format!("{} qwend pid={} boot={boot}", uuid_v4(), std::process::id()),
+            format!("{} qwend pid={dead} boot=other-boot", uuid_v4()),
+            uuid_v4(),
+        ] {
+            fs::write(&path, &content).unwrap();
+            assert!(
+                matches!(
+                    CredsLock::acquire(&path, &SystemClock, &quick()),
+                    Err(LockError::Timeout { .. })
+                ),
+                "{content}"
+            );
+        }
+    }
+
+    #[test]
     fn acquire_writes_an_id_and_release_removes_it() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("oauth_creds.lock");
         let lock = CredsLock::acquire(&p, &SystemClock, &quick()).unwrap();
-        assert_eq!(fs::read_to_string(&p).unwrap().len(), 36);
+        let id = fs::read_to_string(&p).unwrap();
+        // A UUID first, as Qwen Code's own lock holds.
+        assert_eq!(id.split(' ').next().unwrap().len(), 36, "{id}");
+        assert!(id.contains(&format!("pid={}", std::process::id())), "{id}");
         lock.release();
         assert!(!p.exists());
     }
