@@ -270,7 +270,10 @@ pub fn peer_uid<T>(req: &tonic::Request<T>) -> Option<u32> {
 /// a socket handed to another user's process.
 #[allow(clippy::result_large_err)] // tonic's interceptor signature
 pub fn check_peer(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    let me = current_uid();
+    // Read once: the daemon never changes its uid, and this runs on every call (the peer's
+    // credentials themselves are taken once per connection, at accept).
+    static ME: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let me = *ME.get_or_init(current_uid);
     match peer_uid(&req) {
         Some(uid) if uid == me => Ok(req),
         Some(uid) => Err(tonic::Status::permission_denied(format!(

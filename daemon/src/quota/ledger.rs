@@ -163,6 +163,10 @@ struct State {
     /// onto garbage, so appends stop until a compaction rewrites the file from memory.
     poisoned: bool,
     shutdown: bool,
+    /// The writer is parked on the condvar. Appends wake it only then: std's `notify_all`
+    /// is a futex syscall even with nobody waiting, and a busy writer picks up everything
+    /// queued meanwhile when its current batch is done.
+    writer_idle: bool,
     progress: Progress,
 }
 
@@ -258,8 +262,11 @@ impl Ledger {
         st.bytes += (st.buf.len() - before) as u64;
         st.appended += 1;
         let seq = st.appended;
+        let wake = st.writer_idle;
         drop(st);
-        self.shared.cv.notify_all();
+        if wake {
+            self.shared.cv.notify_all();
+        }
         seq
     }
 
@@ -331,7 +338,9 @@ fn write_loop(shared: &Shared, mut file: File, path: &Path) {
     loop {
         let mut st = shared.lock();
         while st.buf.is_empty() && st.compact.is_none() && !st.shutdown {
+            st.writer_idle = true;
             st = shared.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st.writer_idle = false;
         }
         if st.buf.is_empty() && st.compact.is_none() {
             return;
