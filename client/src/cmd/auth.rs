@@ -12,6 +12,8 @@ use crate::cli::{AuthAction, Method};
 use crate::connect;
 use crate::error::ClientError;
 
+pub use super::login_placeholder::login;
+
 pub async fn run(action: AuthAction, as_json: bool) -> Result<ExitCode, ClientError> {
     let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
     let mut client = AuthClient::new(channel);
@@ -53,6 +55,7 @@ pub async fn run(action: AuthAction, as_json: bool) -> Result<ExitCode, ClientEr
                 }
             }
         }
+        AuthAction::Token => return super::token::run(as_json).await,
         AuthAction::Logout => {
             let r = client.logout(LogoutRequest {}).await?.into_inner();
             if as_json {
