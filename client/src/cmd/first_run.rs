@@ -51,8 +51,13 @@ fn ask(question: &str) -> Result<String, ClientError> {
 }
 
 async fn api_key(channel: &Channel, ctx: &ClientContext) -> Result<(), ClientError> {
-    let key = rpassword::prompt_password("API key (input hidden): ")
-        .map_err(|e| ClientError::Usage(format!("cannot read the key: {e}")))?;
+    let key = {
+        // Echo goes off before the prompt appears: rpassword prints first and configures
+        // the terminal after, so a fast typist (or paste) could see the key echoed.
+        let _quiet = echo::Off::new();
+        rpassword::prompt_password("API key (input hidden): ")
+            .map_err(|e| ClientError::Usage(format!("cannot read the key: {e}")))?
+    };
     let key = key.trim().to_string();
     if key.is_empty() {
         return Err(ClientError::Usage("no API key entered".into()));
@@ -99,6 +104,58 @@ async fn api_key(channel: &Channel, ctx: &ClientContext) -> Result<(), ClientErr
             ),
         )),
         Err(s) => Err(s.into()),
+    }
+}
+
+#[cfg(unix)]
+mod echo {
+    use std::os::fd::AsRawFd;
+
+    /// Terminal echo off until dropped (then the previous settings come back).
+    pub struct Off {
+        tty: std::fs::File,
+        saved: libc::termios,
+    }
+
+    impl Off {
+        pub fn new() -> Option<Self> {
+            let tty = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/tty")
+                .ok()?;
+            let fd = tty.as_raw_fd();
+            // SAFETY: tcgetattr/tcsetattr on an open terminal fd with a zeroed termios.
+            unsafe {
+                let mut saved: libc::termios = std::mem::zeroed();
+                if libc::tcgetattr(fd, &mut saved) != 0 {
+                    return None;
+                }
+                let mut quiet = saved;
+                quiet.c_lflag &= !(libc::ECHO | libc::ECHONL);
+                if libc::tcsetattr(fd, libc::TCSANOW, &quiet) != 0 {
+                    return None;
+                }
+                Some(Self { tty, saved })
+            }
+        }
+    }
+
+    impl Drop for Off {
+        fn drop(&mut self) {
+            // SAFETY: restores the attributes read in `new` on the same fd.
+            unsafe { libc::tcsetattr(self.tty.as_raw_fd(), libc::TCSANOW, &self.saved) };
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod echo {
+    pub struct Off;
+    impl Off {
+        pub fn new() -> Option<Self> {
+            None
+        }
     }
 }
 

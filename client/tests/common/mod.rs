@@ -2,6 +2,9 @@
 //! real `qwen` and `qwend` binaries against them. Never the machine's real `~/.qwen`.
 #![allow(dead_code)]
 
+pub mod openai_mock;
+pub mod pty;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
