@@ -37,16 +37,22 @@ pub async fn obtain(
         Ok(c) => Ok(c),
         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
             if !term::interactive() {
-                return Err(ClientError::AuthNeeded(format!(
-                    "{}; {NON_INTERACTIVE_HINT}",
-                    s.message()
-                )));
+                return Err(ClientError::AuthNeeded(non_interactive(s.message())));
             }
             eprintln!("qwen: {}", s.message());
             super::first_run::choose(channel, ctx).await?;
             Ok(fetch(channel, ctx, model, None).await?)
         }
         Err(s) => Err(s.into()),
+    }
+}
+
+/// The daemon's reason, completed so it always names the variables and the files.
+fn non_interactive(reason: &str) -> String {
+    if reason.contains("OPENAI_API_KEY") && reason.contains(".qwen/.env") {
+        format!("{reason} (no terminal: qwen never starts a browser login here)")
+    } else {
+        format!("{reason}; {NON_INTERACTIVE_HINT}")
     }
 }
 
