@@ -49,7 +49,10 @@ fn runs(var: &str, default: usize) -> usize {
 fn home(dir: &Path) -> PathBuf {
     let home = dir.join("home");
     std::fs::create_dir_all(home.join(".qwen")).unwrap();
-    let expiry = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    let expiry = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
         + 24 * 3_600_000;
     std::fs::write(
         home.join(".qwen/oauth_creds.json"),
@@ -120,7 +123,9 @@ fn qwen_code(home: &Path) -> Result<Vec<Duration>, String> {
     let kit = conformance_dir().ok_or("conformance kit not found (QWEN_CONFORMANCE_DIR)")?;
     let pkg = std::env::var_os("QWEN_PEER_PKG")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/qwen-peer-0.24.4/node_modules/@qwen-code/qwen-code"));
+        .unwrap_or_else(|| {
+            PathBuf::from("/tmp/qwen-peer-0.24.4/node_modules/@qwen-code/qwen-code")
+        });
     if !pkg.join("package.json").is_file() {
         return Err(format!(
             "Qwen Code not installed at {} (bash {}/env/setup.sh installs it)",
@@ -141,7 +146,9 @@ fn qwen_code(home: &Path) -> Result<Vec<Duration>, String> {
             .stderr(Stdio::null());
         c
     };
-    let out = cmd().output().map_err(|e| format!("cannot run node: {e}"))?;
+    let out = cmd()
+        .output()
+        .map_err(|e| format!("cannot run node: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !text.contains(&format!("\"access_token\": \"{TOKEN}\"")) {
         return Err(format!("the oracle did not return the token: {text}"));
@@ -158,10 +165,19 @@ fn qwen_code(home: &Path) -> Result<Vec<Duration>, String> {
 }
 
 fn main() {
-    let dir = tempfile::Builder::new().prefix("qwen-bench-token").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("qwen-bench-token")
+        .tempdir()
+        .unwrap();
     let home = home(dir.path());
-    println!("| {:<58} | {:>4} | {:>8} | {:>8} | {:>8} | {:<8} |", "measure", "n", "mean ms", "p50 ms", "p99 ms", "target");
-    println!("| {:-<58} | {:->4} | {:->8} | {:->8} | {:->8} | {:-<8} |", "", "", "", "", "", "");
+    println!(
+        "| {:<58} | {:>4} | {:>8} | {:>8} | {:>8} | {:<8} |",
+        "measure", "n", "mean ms", "p50 ms", "p99 ms", "target"
+    );
+    println!(
+        "| {:-<58} | {:->4} | {:->8} | {:->8} | {:->8} | {:-<8} |",
+        "", "", "", "", "", ""
+    );
     let our_p50 = row(
         "`qwen auth token`, exec to exit, daemon running",
         ours(dir.path(), &home),

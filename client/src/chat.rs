@@ -124,12 +124,11 @@ pub async fn send(
             if data.trim() == "[DONE]" {
                 return Ok(done);
             }
-            apply_event(&data, &mut done, &mut on_token)
-                .map_err(|e| match e {
-                    ChatError::Stream(m) => ChatError::Stream(scrub(&m, req.token)),
-                    ChatError::Malformed(m) => ChatError::Malformed(scrub(&m, req.token)),
-                    other => other,
-                })?;
+            apply_event(&data, &mut done, &mut on_token).map_err(|e| match e {
+                ChatError::Stream(m) => ChatError::Stream(scrub(&m, req.token)),
+                ChatError::Malformed(m) => ChatError::Malformed(scrub(&m, req.token)),
+                other => other,
+            })?;
         }
     }
     // Some servers close without `[DONE]`; what arrived is the answer, if anything did.
@@ -146,9 +145,8 @@ fn apply_event(
     done: &mut Completion,
     on_token: &mut impl FnMut(&str),
 ) -> Result<(), ChatError> {
-    let v: Value = serde_json::from_str(data).map_err(|_| {
-        ChatError::Malformed(format!("not JSON: {}", truncate(data, 120)))
-    })?;
+    let v: Value = serde_json::from_str(data)
+        .map_err(|_| ChatError::Malformed(format!("not JSON: {}", truncate(data, 120))))?;
     if let Some(err) = v.get("error") {
         let msg = err
             .get("message")
@@ -272,8 +270,7 @@ mod tests {
         assert_eq!(retry_after_ms(&h, now), Some(7000));
         h.insert(
             "retry-after",
-            HeaderValue::from_str(&httpdate::fmt_http_date(now + Duration::from_secs(30)))
-                .unwrap(),
+            HeaderValue::from_str(&httpdate::fmt_http_date(now + Duration::from_secs(30))).unwrap(),
         );
         assert_eq!(retry_after_ms(&h, now), Some(30_000));
         h.insert("retry-after-ms", HeaderValue::from_static("1500.2"));
@@ -325,8 +322,8 @@ mod tests {
             &mut tok,
         )
         .unwrap();
-        let e = apply_event(r#"{"error":{"message":"overloaded"}}"#, &mut done, &mut tok)
-            .unwrap_err();
+        let e =
+            apply_event(r#"{"error":{"message":"overloaded"}}"#, &mut done, &mut tok).unwrap_err();
         assert_eq!(seen, "Hi");
         assert_eq!(done.content, "Hi");
         assert_eq!(done.finish_reason.as_deref(), Some("stop"));

@@ -44,8 +44,8 @@ impl SseParser {
         let mut events = Vec::new();
         if !self.pending.is_empty() {
             let rest = std::mem::take(&mut self.pending);
-            let line = String::from_utf8_lossy(rest.strip_suffix(b"\r").unwrap_or(&rest))
-                .into_owned();
+            let line =
+                String::from_utf8_lossy(rest.strip_suffix(b"\r").unwrap_or(&rest)).into_owned();
             self.line(&line, &mut events);
         }
         if let Some(d) = self.data.take() {
@@ -99,13 +99,17 @@ mod tests {
 
     #[test]
     fn events_comments_and_multiline_data() {
-        let input = b": keep-alive\n\ndata: {\"a\":1}\n\nevent: x\ndata: one\ndata:two\n\ndata: [DONE]\n\n";
+        let input =
+            b": keep-alive\n\ndata: {\"a\":1}\n\nevent: x\ndata: one\ndata:two\n\ndata: [DONE]\n\n";
         assert_eq!(all(input, &[]), vec!["{\"a\":1}", "one\ntwo", "[DONE]"]);
     }
 
     #[test]
     fn crlf_and_cr_line_ends() {
-        assert_eq!(all(b"data: a\r\n\r\ndata: b\r\rdata: c", &[]), vec!["a", "b", "c"]);
+        assert_eq!(
+            all(b"data: a\r\n\r\ndata: b\r\rdata: c", &[]),
+            vec!["a", "b", "c"]
+        );
     }
 
     proptest::proptest! {

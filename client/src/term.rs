@@ -26,7 +26,10 @@ pub fn spinner(message: impl Into<String>) -> Option<ProgressBar> {
         "{spinner} {msg}"
     };
     let pb = ProgressBar::new_spinner()
-        .with_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner()))
+        .with_style(
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        )
         .with_message(message.into());
     pb.enable_steady_tick(Duration::from_millis(100));
     Some(pb)

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
 use common::openai_mock::OpenAiMock;
-use expectrl::Expect;
 use common::*;
+use expectrl::Expect;
 
 const KEY: &str = "sk-exec-0123456789";
 
@@ -29,7 +29,13 @@ fn project(env: &TestEnv, dotenv: &str) -> PathBuf {
     proj
 }
 
-const UNSAFE: &[&str] = &["LD_PRELOAD", "NODE_OPTIONS", "BASH_ENV", "PYTHONPATH", "GIT_SSH_COMMAND"];
+const UNSAFE: &[&str] = &[
+    "LD_PRELOAD",
+    "NODE_OPTIONS",
+    "BASH_ENV",
+    "PYTHONPATH",
+    "GIT_SSH_COMMAND",
+];
 
 #[test]
 fn the_child_gets_the_env_file_and_the_login_but_not_code_injection_keys() {
@@ -41,7 +47,15 @@ fn the_child_gets_the_env_file_and_the_login_but_not_code_injection_keys() {
         ),
     );
     let out = env
-        .qwen_cmd(&["exec", "--cwd", proj.to_str().unwrap(), "--", "sh", "-c", "echo CWD=$(pwd); env"])
+        .qwen_cmd(&[
+            "exec",
+            "--cwd",
+            proj.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo CWD=$(pwd); env",
+        ])
         .env("PRESET", "from-env")
         .output()
         .unwrap();
@@ -50,20 +64,31 @@ fn the_child_gets_the_env_file_and_the_login_but_not_code_injection_keys() {
     assert_eq!(vars["OPENAI_BASE_URL"], "http://127.0.0.1:9/v1");
     assert_eq!(vars["OPENAI_MODEL"], "qwen3.5-plus");
     assert_eq!(vars["FOO"], "bar baz");
-    assert_eq!(vars["PRESET"], "from-env", "the environment wins over the file");
+    assert_eq!(
+        vars["PRESET"], "from-env",
+        "the environment wins over the file"
+    );
     assert_eq!(Path::new(&vars["CWD"]), proj.canonicalize().unwrap());
     let err = text(&out.stderr);
     for k in UNSAFE {
         assert!(!vars.contains_key(*k), "{k} reached the child");
         assert!(
-            err.lines().any(|l| l.contains("warning") && l.contains(&format!("not setting {k} "))),
+            err.lines()
+                .any(|l| l.contains("warning") && l.contains(&format!("not setting {k} "))),
             "no warning for {k}: {err}"
         );
     }
     assert!(!err.contains(KEY));
 
     let out = env
-        .qwen_cmd(&["exec", "--allow-unsafe-env", "--cwd", proj.to_str().unwrap(), "--", "env"])
+        .qwen_cmd(&[
+            "exec",
+            "--allow-unsafe-env",
+            "--cwd",
+            proj.to_str().unwrap(),
+            "--",
+            "env",
+        ])
         .output()
         .unwrap();
     let vars = child_env(&out);
@@ -108,7 +133,11 @@ fn with_qwen_oauth_the_child_gets_the_access_token_and_the_portal_base() {
         format!(r#"{{"access_token":"at-x","refresh_token":"r","token_type":"Bearer","resource_url":"http://127.0.0.1:4567","expiry_date":{}}}"#, now + 3_600_000),
     )
     .unwrap();
-    std::fs::write(dir.join("settings.json"), r#"{"security":{"auth":{"selectedType":"qwen-oauth"}}}"#).unwrap();
+    std::fs::write(
+        dir.join("settings.json"),
+        r#"{"security":{"auth":{"selectedType":"qwen-oauth"}}}"#,
+    )
+    .unwrap();
     let out = env
         .qwen_cmd(&["exec", "--", "env"])
         .current_dir(&env.home)
@@ -128,12 +157,21 @@ fn exit_codes_pass_through() {
     let run = |args: &[&str]| {
         let mut a = vec!["exec", "--"];
         a.extend_from_slice(args);
-        env.qwen_cmd(&a).env("OPENAI_API_KEY", KEY).output().unwrap()
+        env.qwen_cmd(&a)
+            .env("OPENAI_API_KEY", KEY)
+            .output()
+            .unwrap()
     };
     assert_eq!(run(&["sh", "-c", "exit 7"]).status.code(), Some(7));
     assert_eq!(run(&["true"]).status.code(), Some(0));
-    assert_eq!(run(&["sh", "-c", "kill -KILL $$"]).status.code(), Some(128 + 9));
-    assert_eq!(run(&["sh", "-c", "kill -TERM $$"]).status.code(), Some(128 + 15));
+    assert_eq!(
+        run(&["sh", "-c", "kill -KILL $$"]).status.code(),
+        Some(128 + 9)
+    );
+    assert_eq!(
+        run(&["sh", "-c", "kill -TERM $$"]).status.code(),
+        Some(128 + 15)
+    );
     let out = run(&["no-such-command-qwen-test"]);
     assert_eq!(out.status.code(), Some(127));
     assert!(text(&out.stderr).contains("no-such-command-qwen-test"));
@@ -144,9 +182,8 @@ fn exit_codes_pass_through() {
 
 /// A child that traps `sig`, says it is ready, and exits 42 when the signal comes.
 fn trapping_child(env: &TestEnv, sig: &str) -> std::process::Child {
-    let script = format!(
-        "trap 'echo got-{sig}; exit 42' {sig}; echo ready; while :; do sleep 0.05; done"
-    );
+    let script =
+        format!("trap 'echo got-{sig}; exit 42' {sig}; echo ready; while :; do sleep 0.05; done");
     env.qwen_cmd(&["exec", "--", "sh", "-c", &script])
         .env("OPENAI_API_KEY", KEY)
         .stdout(Stdio::piped())
@@ -217,7 +254,10 @@ fn the_official_openai_python_client_works_through_exec() {
     let mock = OpenAiMock::start();
     let proj = project(
         &env,
-        &format!("OPENAI_API_KEY={KEY}\nOPENAI_BASE_URL={}\nOPENAI_MODEL=m-py\n", mock.base_url()),
+        &format!(
+            "OPENAI_API_KEY={KEY}\nOPENAI_BASE_URL={}\nOPENAI_MODEL=m-py\n",
+            mock.base_url()
+        ),
     );
     let script = r#"
 import os, openai
@@ -230,7 +270,15 @@ stream = client.chat.completions.create(
 print("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
 "#;
     let out = env
-        .qwen_cmd(&["exec", "--cwd", proj.to_str().unwrap(), "--", python.to_str().unwrap(), "-c", script])
+        .qwen_cmd(&[
+            "exec",
+            "--cwd",
+            proj.to_str().unwrap(),
+            "--",
+            python.to_str().unwrap(),
+            "-c",
+            script,
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -23,7 +23,10 @@ fn first_run_with_an_api_key_saves_it_hidden_and_switches_to_openai() {
 
     let mut s = pty::spawn(pty_qwen(&env, &["-p", "hi"]));
     let mut seen = pty::expect(&mut s, "Choice [1/2]: ");
-    assert!(seen.contains("Qwen OAuth") && seen.contains("API key"), "{seen}");
+    assert!(
+        seen.contains("Qwen OAuth") && seen.contains("API key"),
+        "{seen}"
+    );
     s.send_line("2").unwrap();
     seen += &pty::expect(&mut s, "API key (input hidden): ");
     s.send_line("sk-typed-secret").unwrap();
@@ -34,8 +37,14 @@ fn first_run_with_an_api_key_saves_it_hidden_and_switches_to_openai() {
     seen += &pty::expect(&mut s, "Hello, world!");
     seen += &pty::rest(&mut s);
     assert_eq!(pty::exit_code(&s), 0, "{seen}");
-    assert!(!seen.contains("sk-typed-secret"), "the key was echoed: {seen}");
-    assert!(seen.contains("2\r\n"), "other answers are echoed as usual: {seen}");
+    assert!(
+        !seen.contains("sk-typed-secret"),
+        "the key was echoed: {seen}"
+    );
+    assert!(
+        seen.contains("2\r\n"),
+        "other answers are echoed as usual: {seen}"
+    );
 
     let r = &mock.requests()[0];
     assert_eq!(r.bearer(), Some("sk-typed-secret"));
@@ -43,7 +52,10 @@ fn first_run_with_an_api_key_saves_it_hidden_and_switches_to_openai() {
     assert_eq!(mode(&dotenv), 0o600);
     let saved = std::fs::read_to_string(&dotenv).unwrap();
     assert!(saved.starts_with("# mine\nOTHER=1\n"), "{saved}");
-    assert!(saved.contains("OPENAI_API_KEY='sk-typed-secret'\n"), "{saved}");
+    assert!(
+        saved.contains("OPENAI_API_KEY='sk-typed-secret'\n"),
+        "{saved}"
+    );
     assert!(saved.contains("OPENAI_MODEL='m-typed'\n"), "{saved}");
     let settings: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(env.home.join(".qwen/settings.json")).unwrap(),
@@ -115,6 +127,10 @@ fn spinner_on_a_terminal_respects_no_color() {
         assert_eq!(pty::exit_code(&s), 0);
         let all = before + &after;
         // 36 = cyan, the spinner's colour.
-        assert_eq!(all.contains("\x1b[36m"), !no_color, "NO_COLOR={no_color}: {all:?}");
+        assert_eq!(
+            all.contains("\x1b[36m"),
+            !no_color,
+            "NO_COLOR={no_color}: {all:?}"
+        );
     }
 }

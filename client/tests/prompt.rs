@@ -108,7 +108,12 @@ fn tokens_are_printed_as_they_arrive_with_the_daemons_key_and_model() {
     }
     let status = child.wait().unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "{err}");
     assert_eq!(seen, "Hello, world!\n");
     assert!(!err.contains(KEY));
@@ -116,7 +121,10 @@ fn tokens_are_printed_as_they_arrive_with_the_daemons_key_and_model() {
     let reqs = mock.requests();
     assert_eq!(reqs.len(), 1);
     let r = &reqs[0];
-    assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/v1/chat/completions"));
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/v1/chat/completions")
+    );
     assert_eq!(r.bearer(), Some(KEY));
     assert_eq!(r.body["model"], "m-env");
     assert_eq!(r.body["stream"], true);
@@ -129,10 +137,18 @@ fn tokens_are_printed_as_they_arrive_with_the_daemons_key_and_model() {
 fn model_flag_overrides_and_json_prints_the_message_and_usage() {
     let env = TestEnv::new();
     let mock = OpenAiMock::start();
-    let out = run(&env, &openai(&mock), &["-p", "hi", "--model", "m-flag", "--json"]);
+    let out = run(
+        &env,
+        &openai(&mock),
+        &["-p", "hi", "--model", "m-flag", "--json"],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert_eq!(stdout.lines().count(), 1, "one JSON document, no streamed text: {stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "one JSON document, no streamed text: {stdout}"
+    );
     let v: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["content"], "Hello, world!");
     assert_eq!(v["model"], "m-flag");
@@ -166,7 +182,10 @@ fn the_prompt_comes_from_arguments_or_stdin() {
     assert_eq!(text(&out.stdout), "Hello, world!\n");
     let reqs = mock.requests();
     assert_eq!(reqs[0].body["messages"][0]["content"], "explain this code");
-    assert_eq!(reqs[1].body["messages"][0]["content"], "from stdin\nline two\n");
+    assert_eq!(
+        reqs[1].body["messages"][0]["content"],
+        "from stdin\nline two\n"
+    );
 
     let out = env
         .qwen_cmd(&["-p", "   "])
@@ -184,7 +203,9 @@ fn a_401_gets_credentials_again_and_one_retry() {
         Reply::status(
             401,
             &[],
-            &format!(r#"{{"error":{{"message":"Incorrect API key provided: {KEY}","code":"invalid_api_key"}}}}"#),
+            &format!(
+                r#"{{"error":{{"message":"Incorrect API key provided: {KEY}","code":"invalid_api_key"}}}}"#
+            ),
         )
     };
     mock.push(unauthorized());
@@ -199,7 +220,10 @@ fn a_401_gets_credentials_again_and_one_retry() {
     let out = run(&env, &openai(&mock), &["-p", "hi"]);
     assert_eq!(out.status.code(), Some(3));
     let err = text(&out.stderr);
-    assert!(err.contains("HTTP 401") && err.contains("OPENAI_API_KEY"), "{err}");
+    assert!(
+        err.contains("HTTP 401") && err.contains("OPENAI_API_KEY"),
+        "{err}"
+    );
     assert!(!err.contains(KEY), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert_eq!(mock.requests().len(), 4, "exactly one retry");
@@ -227,7 +251,11 @@ fn a_429_is_reported_and_no_wait_exits_4() {
     // ... so the next prompt does not even reach the server.
     let out = run(&env, &openai(&mock), &["-p", "hi", "--no-wait"]);
     assert_eq!(out.status.code(), Some(4));
-    assert!(text(&out.stderr).contains("slow down"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("slow down"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(mock.requests().len(), 1);
 }
 
@@ -240,7 +268,10 @@ fn a_429_waits_as_the_server_says_then_succeeds() {
     let out = run(&env, &openai(&mock), &["-p", "hi"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "Hello, world!\n");
-    assert!(t.elapsed() >= Duration::from_millis(900), "did not wait for Retry-After");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "did not wait for Retry-After"
+    );
     assert!(text(&out.stderr).contains("HTTP 429"));
     assert_eq!(mock.requests().len(), 2);
 }
@@ -288,7 +319,10 @@ fn server_errors_and_network_errors_are_one_line_and_exit_1() {
     let out = run(&env, &openai(&mock), &["-p", "hi"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("HTTP 500") && err.contains("internal failure"), "{err}");
+    assert!(
+        err.contains("HTTP 500") && err.contains("internal failure"),
+        "{err}"
+    );
     assert!(!err.contains(KEY), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(out.stdout.is_empty());
@@ -313,7 +347,10 @@ fn server_errors_and_network_errors_are_one_line_and_exit_1() {
     let out = run(&env, &vars, &["-p", "hi"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("cannot reach") && err.contains(&port.to_string()), "{err}");
+    assert!(
+        err.contains("cannot reach") && err.contains(&port.to_string()),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!err.contains(KEY));
 }
@@ -325,7 +362,14 @@ fn without_a_terminal_and_nothing_configured_it_says_what_to_set() {
     let out = run(&env, &[], &["-p", "hi"]);
     assert_eq!(out.status.code(), Some(3));
     let err = text(&out.stderr);
-    for needle in ["OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", ".qwen/.env", "~/.qwen/.env", "environment"] {
+    for needle in [
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "OPENAI_MODEL",
+        ".qwen/.env",
+        "~/.qwen/.env",
+        "environment",
+    ] {
         assert!(err.contains(needle), "{needle} missing: {err}");
     }
     assert!(!err.contains("Choice"), "no question without a terminal");
@@ -335,7 +379,10 @@ fn without_a_terminal_and_nothing_configured_it_says_what_to_set() {
     std::fs::create_dir_all(env.home.join("proj/.qwen")).unwrap();
     std::fs::write(
         env.home.join("proj/.qwen/.env"),
-        format!("OPENAI_API_KEY={KEY}\nOPENAI_BASE_URL={}\n", mock.base_url()),
+        format!(
+            "OPENAI_API_KEY={KEY}\nOPENAI_BASE_URL={}\n",
+            mock.base_url()
+        ),
     )
     .unwrap();
     let out = env
@@ -346,7 +393,10 @@ fn without_a_terminal_and_nothing_configured_it_says_what_to_set() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let r = &mock.requests()[0];
     assert_eq!(r.bearer(), Some(KEY));
-    assert_eq!(r.body["model"], "qwen3.5-plus", "the documented default model");
+    assert_eq!(
+        r.body["model"], "qwen3.5-plus",
+        "the documented default model"
+    );
 }
 
 #[test]
@@ -366,7 +416,11 @@ fn qwen_oauth_uses_the_stored_token_the_portal_base_and_the_quota() {
     // A model the OAuth tier does not serve: the default, with a warning.
     let out = run(&env, &[], &["-p", "hi", "--model", "gpt-4o"]);
     assert!(out.status.success());
-    assert!(text(&out.stderr).contains("gpt-4o"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("gpt-4o"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(mock.requests()[1].body["model"], "coder-model");
 
     let q = run(&env, &[], &["quota", "--json"]);

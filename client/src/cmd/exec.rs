@@ -246,8 +246,7 @@ mod child {
                     libc::WEXITED | libc::WNOWAIT,
                 )
             };
-            if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-            {
+            if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
                 return;
             }
         }
@@ -261,10 +260,12 @@ mod child {
     use crate::error::ClientError;
 
     pub fn run(mut cmd: Command, program: &str) -> Result<ExitCode, ClientError> {
-        let status = cmd.status().map_err(|e| {
-            ClientError::Rpc(format!("cannot run {program}: {e}"))
-        })?;
-        Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+        let status = cmd
+            .status()
+            .map_err(|e| ClientError::Rpc(format!("cannot run {program}: {e}")))?;
+        Ok(ExitCode::from(
+            status.code().unwrap_or(1).clamp(0, 255) as u8
+        ))
     }
 }
 
@@ -292,7 +293,14 @@ mod tests {
         ] {
             assert!(is_unsafe(k), "{k}");
         }
-        for k in ["OPENAI_API_KEY", "ENVIRONMENT", "DEBUG", "LD", "NODE_ENV", "MY_PATH"] {
+        for k in [
+            "OPENAI_API_KEY",
+            "ENVIRONMENT",
+            "DEBUG",
+            "LD",
+            "NODE_ENV",
+            "MY_PATH",
+        ] {
             assert!(!is_unsafe(k), "{k}");
         }
     }

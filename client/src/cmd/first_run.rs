@@ -96,13 +96,13 @@ async fn api_key(channel: &Channel, ctx: &ClientContext) -> Result<(), ClientErr
             Ok(())
         }
         // The first .env found from the cwd upwards wins; a project one hides ~/.qwen/.env.
-        Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(ClientError::AuthNeeded(
-            format!(
+        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+            Err(ClientError::AuthNeeded(format!(
                 "the key was saved in {} but does not apply here, because a .env file nearer to this directory is read instead (only the first one found is used): {}",
                 file.display(),
                 s.message()
-            ),
-        )),
+            )))
+        }
         Err(s) => Err(s.into()),
     }
 }
@@ -253,7 +253,10 @@ mod tests {
         let old = "# mine\nFOO=1\nexport OPENAI_API_KEY=old\nOPENAI_MODEL: \"m\"\nMULTI='a\nb'\nOPENAI_BASE_URL='x\ny'\nBAR=2";
         let new = upsert(
             old,
-            &[("OPENAI_API_KEY", "sk-new"), ("OPENAI_BASE_URL", "http://h/v1")],
+            &[
+                ("OPENAI_API_KEY", "sk-new"),
+                ("OPENAI_BASE_URL", "http://h/v1"),
+            ],
         )
         .unwrap();
         assert_eq!(

@@ -72,7 +72,8 @@ pub async fn run(args: PromptArgs, as_json: bool) -> Result<ExitCode, ClientErro
                     "{err}; the credentials were refused twice ({})",
                     match creds.auth_type() {
                         AuthType::QwenOauth => "log in again with `qwen auth login`",
-                        _ => "check OPENAI_API_KEY and OPENAI_BASE_URL (`qwen env` shows where they come from)",
+                        _ =>
+                            "check OPENAI_API_KEY and OPENAI_BASE_URL (`qwen env` shows where they come from)",
                     }
                 )));
             }
@@ -157,7 +158,11 @@ async fn no_prompt() -> Result<ExitCode, ClientError> {
     }
 }
 
-async fn report(channel: &Channel, ctx: &ClientContext, result: &Result<chat::Completion, ChatError>) {
+async fn report(
+    channel: &Channel,
+    ctx: &ClientContext,
+    result: &Result<chat::Completion, ChatError>,
+) {
     let (status, retry_after_ms, daily_exhausted) = match result {
         Ok(_) => (200, None, false),
         Err(ChatError::Http {
@@ -178,7 +183,10 @@ async fn report(channel: &Channel, ctx: &ClientContext, result: &Result<chat::Co
     };
     // The answer matters more than the bookkeeping: a failed report is only logged.
     if let Err(e) = QuotaClient::new(channel.clone()).report_outcome(req).await {
-        term::warn(&format!("could not report the outcome to the quota: {}", e.message()));
+        term::warn(&format!(
+            "could not report the outcome to the quota: {}",
+            e.message()
+        ));
     }
 }
 

@@ -128,7 +128,10 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<State>>, gate: Arc<tokio::s
     let Some(req) = read_request(&mut conn).await else {
         return;
     };
-    let model = req.body["model"].as_str().unwrap_or("mock-model").to_string();
+    let model = req.body["model"]
+        .as_str()
+        .unwrap_or("mock-model")
+        .to_string();
     let reply = {
         let mut st = state.lock().unwrap();
         st.requests.push(req.clone());
@@ -137,7 +140,13 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<State>>, gate: Arc<tokio::s
             .unwrap_or_else(|| Reply::stream(DEFAULT_PIECES))
     };
     if req.path != "/v1/chat/completions" {
-        let _ = write_status(&mut conn, 404, &[], r#"{"error":{"message":"no such path"}}"#).await;
+        let _ = write_status(
+            &mut conn,
+            404,
+            &[],
+            r#"{"error":{"message":"no such path"}}"#,
+        )
+        .await;
         return;
     }
     match reply {
@@ -174,8 +183,14 @@ async fn stream(
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
     };
     let event = |v: Value| format!("data: {v}\n\n");
-    conn.write_all(event(chunk(json!({"role": "assistant", "content": ""}), Value::Null)).as_bytes())
-        .await?;
+    conn.write_all(
+        event(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ))
+        .as_bytes(),
+    )
+    .await?;
     for (i, p) in pieces.iter().enumerate() {
         if gate_after == Some(i) {
             conn.flush().await?;

@@ -32,7 +32,9 @@ pub fn expect(s: &mut Pty, needle: &str) -> String {
 
 /// Everything until the process closes the terminal.
 pub fn rest(s: &mut Pty) -> String {
-    let c = s.expect(expectrl::Eof).expect("waiting for the end of output");
+    let c = s
+        .expect(expectrl::Eof)
+        .expect("waiting for the end of output");
     String::from_utf8_lossy(c.get(0).unwrap_or_default()).into_owned()
 }
 
