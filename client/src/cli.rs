@@ -7,16 +7,49 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "qwen",
     version,
-    about = "Qwen Code credentials and quota through the qwend daemon",
-    arg_required_else_help = true
+    about = "Ask Qwen from the command line, with the credentials and quota of the qwend daemon",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
 
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// `qwen [-p PROMPT | PROMPT...]`: send a prompt to the model (stdin when not a terminal).
+#[derive(Debug, Args)]
+pub struct PromptArgs {
+    /// The prompt to send (else the remaining arguments, else stdin when it is not a terminal).
+    #[arg(short = 'p', long = "prompt", value_name = "PROMPT")]
+    pub prompt: Option<String>,
+    /// Model to request instead of the one configured for the auth method.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Exit 4 at once when the quota refuses, instead of waiting for it.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// The prompt as words (joined with spaces).
+    #[arg(value_name = "PROMPT", trailing_var_arg = true)]
+    pub words: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Run in this directory, with the .env and credentials that apply there.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Also load keys that can inject code into CMD (LD_PRELOAD, NODE_OPTIONS, ...) from a project .env.
+    #[arg(long)]
+    pub allow_unsafe_env: bool,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,6 +68,15 @@ pub enum Command {
         #[command(subcommand)]
         action: DaemonAction,
     },
+    /// Run CMD with the .env and OPENAI_API_KEY/OPENAI_BASE_URL/OPENAI_MODEL of the current login.
+    Exec(ExecArgs),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `qwen man > qwen.1`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +164,8 @@ pub enum AuthAction {
         #[arg(long)]
         force: bool,
     },
+    /// Print the current bearer token and nothing else (for scripts).
+    Token,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

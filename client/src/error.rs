@@ -6,6 +6,7 @@ pub mod code {
     pub const FAILURE: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const AUTH_NEEDED: u8 = 3;
+    pub const QUOTA: u8 = 4;
     pub const DAEMON_UNREACHABLE: u8 = 5;
 }
 
@@ -25,6 +26,15 @@ pub enum ClientError {
     AuthNeeded(String),
     #[error("cannot write output: {0}")]
     Output(String),
+    /// The quota refused and the caller did not want to wait.
+    #[error("{0}")]
+    Quota(String),
+    /// The model API failed (HTTP error, network, malformed stream).
+    #[error("{0}")]
+    Upstream(String),
+    /// Ends with this code; whatever needed saying has been said.
+    #[error("")]
+    Exit(ExitCode),
 }
 
 impl ClientError {
@@ -33,7 +43,9 @@ impl ClientError {
             Self::Unreachable { .. } | Self::StartFailed { .. } | Self::Denied(_) => {
                 code::DAEMON_UNREACHABLE
             }
-            Self::Rpc(_) | Self::Output(_) => code::FAILURE,
+            Self::Rpc(_) | Self::Output(_) | Self::Upstream(_) => code::FAILURE,
+            Self::Quota(_) => code::QUOTA,
+            Self::Exit(c) => return *c,
             Self::Usage(_) => code::USAGE,
             Self::AuthNeeded(_) => code::AUTH_NEEDED,
         })
@@ -44,6 +56,11 @@ impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> Self {
         match s.code() {
             tonic::Code::PermissionDenied => Self::Denied(s.message().to_string()),
+            // Sent by the daemon itself (a token refresh failed for a transient reason):
+            // the daemon is fine, the authorization server is not.
+            tonic::Code::Unavailable if std::error::Error::source(&s).is_none() => {
+                Self::Rpc(s.message().to_string())
+            }
             tonic::Code::Unavailable => Self::Unreachable {
                 socket: qwend_shared::paths::socket_path().display().to_string(),
                 reason: s.message().to_string(),

@@ -2,10 +2,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod chat;
 mod cli;
 mod cmd;
 mod connect;
 mod error;
+mod sse;
+mod term;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -22,7 +25,9 @@ fn main() -> ExitCode {
     match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("qwen: {e}");
+            if !matches!(e, error::ClientError::Exit(_)) {
+                eprintln!("qwen: {e}");
+            }
             e.exit_code()
         }
     }

@@ -336,3 +336,21 @@ fn killing_the_daemon_mid_refresh_never_leaves_a_torn_file() {
     let r = s.get(None).unwrap();
     assert!(r.token.starts_with("at-"));
 }
+
+#[test]
+fn qwen_auth_token_reports_a_failing_refresh_as_such() {
+    let s = setup();
+    write_creds(&s.env.home, "at-old", "rt-old", now_ms() - 1000);
+    s.mock.set_default(TOKEN_PATH, Reply::refresh_500());
+    let out = s.env.qwen(&["auth", "token"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("HTTP 500"), "{err}");
+    assert!(!err.contains("cannot reach the daemon"), "{err}");
+    assert!(out.stdout.is_empty());
+    // The credentials are kept for when the server is back.
+    s.mock.set_default(TOKEN_PATH, Reply::refresh_ok());
+    let out = s.env.qwen(&["auth", "token"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "at-refreshed");
+}

@@ -63,6 +63,7 @@ pub async fn run(action: AuthAction, as_json: bool) -> Result<ExitCode, ClientEr
                 }
             }
         }
+        AuthAction::Token => return super::token::run(as_json).await,
         AuthAction::Logout => {
             let r = client.logout(LogoutRequest {}).await?.into_inner();
             if as_json {

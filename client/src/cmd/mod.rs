@@ -1,21 +1,37 @@
 //! One module per command group; each returns the process exit code.
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{AuthAction, Cli, Command};
 use crate::error::ClientError;
 
 mod auth;
+mod credentials;
 mod daemon;
+mod docs;
 mod env;
+mod exec;
+mod first_run;
 mod install;
 pub mod login;
+mod permit;
+mod prompt;
 mod quota;
+mod token;
 
 pub async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        return prompt::run(cli.prompt, cli.json).await;
+    };
+    match command {
         Command::Daemon { action } => daemon::run(action, cli.json).await,
         Command::Env(args) => env::run(args, cli.json).await,
+        Command::Auth {
+            action: AuthAction::Token,
+        } => token::run(cli.json).await,
         Command::Auth { action } => auth::run(action, cli.json).await,
         Command::Quota => quota::run(cli.json).await,
+        Command::Exec(args) => exec::run(args).await,
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man => docs::man(),
     }
 }

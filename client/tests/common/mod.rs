@@ -2,6 +2,8 @@
 //! real `qwen` and `qwend` binaries against them. Never the machine's real `~/.qwen`.
 #![allow(dead_code)]
 
+pub mod openai_mock;
+pub mod pty;
 pub mod tty;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,332 @@
+//! `qwen exec [--cwd DIR] [--allow-unsafe-env] -- CMD ARGS...`: run any OpenAI-compatible
+//! tool with the daemon's login. CMD gets the `.env` for DIR (as Qwen Code would load it)
+//! and `OPENAI_API_KEY`/`OPENAI_BASE_URL`/`OPENAI_MODEL` for the current method; qwen
+//! forwards signals and exits with CMD's status (128+N when a signal N killed it).
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use qwend_shared::api::env_client::EnvClient;
+use qwend_shared::api::{EnvVar, ResolveEnvRequest};
+
+use crate::cli::ExecArgs;
+use crate::connect;
+use crate::error::ClientError;
+use crate::term;
+
+/// Keys that make a program load or run code chosen by whoever wrote the file: dynamic
+/// loader, shells, language runtimes, git and pager/editor hooks. A project `.env` is
+/// someone else's file (a cloned repository); exec does not take these from it unless
+/// `--allow-unsafe-env`. The user's own `~/.qwen/.env` and `~/.env` are trusted.
+pub const UNSAFE_KEYS: &[&str] = &[
+    // shells
+    "BASH_ENV",
+    "ENV",
+    "ZDOTDIR",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "IFS",
+    "PATH",
+    // language runtimes
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "PYTHONSTARTUP",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONUSERBASE",
+    "PYTHONBREAKPOINT",
+    "PERL5OPT",
+    "PERL5LIB",
+    "PERLLIB",
+    "PERL5DB",
+    "RUBYOPT",
+    "RUBYLIB",
+    "JAVA_TOOL_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "_JAVA_OPTIONS",
+    "CLASSPATH",
+    "LUA_INIT",
+    "LUA_PATH",
+    "LUA_CPATH",
+    "PHPRC",
+    "PHP_INI_SCAN_DIR",
+    // libraries loaded by name
+    "GCONV_PATH",
+    "OPENSSL_CONF",
+    "OPENSSL_ENGINES",
+    // git and friends
+    "GIT_SSH",
+    "GIT_SSH_COMMAND",
+    "GIT_ASKPASS",
+    "GIT_EXEC_PATH",
+    "GIT_EDITOR",
+    "GIT_PAGER",
+    "GIT_EXTERNAL_DIFF",
+    "GIT_PROXY_COMMAND",
+    "GIT_TEMPLATE_DIR",
+    "SSH_ASKPASS",
+    "SUDO_ASKPASS",
+    "EDITOR",
+    "VISUAL",
+    "PAGER",
+    "MANPAGER",
+    "BROWSER",
+    "LESSOPEN",
+    "LESSCLOSE",
+];
+
+/// Families: every glibc `LD_*` and macOS `DYLD_*` loader variable, bash exported
+/// functions, and git's `GIT_CONFIG_*` (which can set `core.sshCommand` and the like).
+pub const UNSAFE_PREFIXES: &[&str] = &["LD_", "DYLD_", "BASH_FUNC_", "GIT_CONFIG"];
+
+pub fn is_unsafe(key: &str) -> bool {
+    UNSAFE_KEYS.contains(&key) || UNSAFE_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
+    let cwd = super::env::absolute_cwd(args.cwd.as_deref())?;
+    if !cwd.is_dir() {
+        return Err(ClientError::Usage(format!(
+            "{} is not a directory",
+            cwd.display()
+        )));
+    }
+    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let mut ctx = super::env::context()?;
+    ctx.cwd = cwd.to_string_lossy().into_owned();
+    let resolved = EnvClient::new(channel.clone())
+        .resolve_env(ResolveEnvRequest {
+            cwd: ctx.cwd.clone(),
+            env: ctx.env.clone(),
+        })
+        .await?
+        .into_inner();
+    for w in &resolved.warnings {
+        term::warn(w);
+    }
+    let creds = super::credentials::obtain(&channel, &ctx, None).await?;
+    for w in &creds.warnings {
+        term::warn(w);
+    }
+    drop(channel);
+
+    let trusted = trusted_files(ctx.env.get("HOME").map(String::as_str));
+    let (vars, dropped) = split_unsafe(resolved.vars, args.allow_unsafe_env, &trusted);
+    let program = args.command[0].to_string_lossy().into_owned();
+    for v in &dropped {
+        term::warn(&format!(
+            "not setting {} from {}: it can make {program} run code from that file (--allow-unsafe-env loads it)",
+            v.key, v.source
+        ));
+    }
+    let mut cmd = std::process::Command::new(&args.command[0]);
+    cmd.args(&args.command[1..])
+        .current_dir(&cwd)
+        .envs(vars.iter().map(|v| (&v.key, &v.value)))
+        // The daemon's login wins over whatever the environment or a .env said: that is
+        // the point of exec.
+        .env("OPENAI_API_KEY", &creds.token)
+        .env("OPENAI_BASE_URL", &creds.base_url)
+        .env("OPENAI_MODEL", &creds.model);
+    child::run(cmd, &program)
+}
+
+/// The user's own fallback files: whatever they hold was put there by the user.
+fn trusted_files(home: Option<&str>) -> Vec<PathBuf> {
+    let Some(home) = home.filter(|h| !h.is_empty()) else {
+        return Vec::new();
+    };
+    let home = Path::new(home);
+    [home.join(".qwen").join(".env"), home.join(".env")]
+        .into_iter()
+        .flat_map(|p| {
+            let real = std::fs::canonicalize(&p).ok();
+            std::iter::once(p).chain(real)
+        })
+        .collect()
+}
+
+fn split_unsafe(vars: Vec<EnvVar>, allow: bool, trusted: &[PathBuf]) -> (Vec<EnvVar>, Vec<EnvVar>) {
+    if allow {
+        return (vars, Vec::new());
+    }
+    vars.into_iter().partition(|v| {
+        !is_unsafe(&v.key) || {
+            let src = Path::new(&v.source);
+            let real = std::fs::canonicalize(src).ok();
+            trusted
+                .iter()
+                .any(|t| t == src || real.as_deref() == Some(t.as_path()))
+        }
+    })
+}
+
+#[cfg(unix)]
+mod child {
+    use std::process::{Command, ExitCode};
+    use std::sync::{Arc, Mutex};
+
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    use signal_hook::iterator::SignalsInfo;
+    use signal_hook::iterator::exfiltrator::WithOrigin;
+
+    use crate::error::ClientError;
+
+    pub fn run(mut cmd: Command, program: &str) -> Result<ExitCode, ClientError> {
+        // Registered before the child exists, so no signal between spawn and here can
+        // kill qwen and orphan the child; early ones are forwarded once it runs.
+        let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
+            .map_err(|e| ClientError::Rpc(format!("cannot handle signals: {e}")))?;
+        let handle = signals.handle();
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                // A shell's codes: 127 not found, 126 found but not runnable.
+                let code = if e.kind() == std::io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                };
+                eprintln!("qwen: cannot run {program}: {e}");
+                return Ok(ExitCode::from(code));
+            }
+        };
+        let pid = child.id() as libc::pid_t;
+        let reaped = Arc::new(Mutex::new(false));
+        let forwarder = {
+            let reaped = reaped.clone();
+            std::thread::spawn(move || {
+                for origin in signals.forever() {
+                    // Signals from the terminal (Ctrl-C, Ctrl-\) come from the kernel to the
+                    // whole foreground process group, the child included: resending them
+                    // would deliver them twice. Only signals a process sent to qwen itself
+                    // are passed on.
+                    if origin.process.is_none() {
+                        continue;
+                    }
+                    let gone = reaped.lock().unwrap_or_else(|e| e.into_inner());
+                    if *gone {
+                        break;
+                    }
+                    // SAFETY: plain kill(2); the pid is not reaped yet (checked under the
+                    // lock), so it still names our child.
+                    unsafe { libc::kill(pid, origin.signal) };
+                }
+            })
+        };
+        wait_exited(pid);
+        *reaped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        handle.close();
+        let _ = forwarder.join();
+        let mut child = child;
+        let status = child
+            .wait()
+            .map_err(|e| ClientError::Rpc(format!("cannot wait for {program}: {e}")))?;
+        use std::os::unix::process::ExitStatusExt;
+        let code = match (status.code(), status.signal()) {
+            (Some(c), _) => c,
+            (None, Some(sig)) => 128 + sig,
+            (None, None) => 1,
+        };
+        Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    }
+
+    /// Block until the child has exited, without reaping it: until it is reaped its pid
+    /// cannot be reused, so the forwarder can never signal a stranger.
+    fn wait_exited(pid: libc::pid_t) {
+        loop {
+            // SAFETY: waitid with a zeroed siginfo out-parameter.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod child {
+    use std::process::{Command, ExitCode};
+
+    use crate::error::ClientError;
+
+    pub fn run(mut cmd: Command, program: &str) -> Result<ExitCode, ClientError> {
+        let status = cmd
+            .status()
+            .map_err(|e| ClientError::Rpc(format!("cannot run {program}: {e}")))?;
+        Ok(ExitCode::from(
+            status.code().unwrap_or(1).clamp(0, 255) as u8
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_keys() {
+        for k in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "LD_AUDIT",
+            "DYLD_INSERT_LIBRARIES",
+            "NODE_OPTIONS",
+            "BASH_ENV",
+            "ENV",
+            "PYTHONSTARTUP",
+            "PYTHONPATH",
+            "PERL5OPT",
+            "RUBYOPT",
+            "GIT_SSH_COMMAND",
+            "GIT_CONFIG_COUNT",
+            "BASH_FUNC_ls%%",
+        ] {
+            assert!(is_unsafe(k), "{k}");
+        }
+        for k in [
+            "OPENAI_API_KEY",
+            "ENVIRONMENT",
+            "DEBUG",
+            "LD",
+            "NODE_ENV",
+            "MY_PATH",
+        ] {
+            assert!(!is_unsafe(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn home_files_are_trusted_project_files_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join(".qwen")).unwrap();
+        std::fs::write(home.join(".qwen/.env"), "").unwrap();
+        let var = |k: &str, src: &Path| EnvVar {
+            key: k.into(),
+            value: "v".into(),
+            source: src.display().to_string(),
+        };
+        let trusted = trusted_files(home.to_str());
+        let vars = vec![
+            var("NODE_OPTIONS", &home.join(".qwen/.env")),
+            var("NODE_OPTIONS", &dir.path().join("proj/.env")),
+            var("FOO", &dir.path().join("proj/.env")),
+        ];
+        let (kept, dropped) = split_unsafe(vars.clone(), false, &trusted);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(dropped.len(), 1);
+        assert!(dropped[0].source.contains("proj"));
+        let (kept, dropped) = split_unsafe(vars, true, &trusted);
+        assert_eq!((kept.len(), dropped.len()), (3, 0));
+    }
+}

@@ -1,0 +1,276 @@
+//! First run on a terminal with nothing configured: Qwen Code's `/auth` choice. Qwen OAuth
+//! goes to the device login; an API key is asked for (hidden), saved in `~/.qwen/.env`
+//! (0600, other lines kept) and the method switched to openai for every client.
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use qwend_shared::api::auth_client::AuthClient;
+use qwend_shared::api::{AuthType, ClientContext, SwitchAuthRequest};
+use tonic::transport::Channel;
+
+use crate::error::ClientError;
+
+pub async fn choose(channel: &Channel, ctx: &ClientContext) -> Result<(), ClientError> {
+    let mut err = std::io::stderr();
+    let _ = writeln!(err, "How do you want to authenticate?");
+    let _ = writeln!(
+        err,
+        "  1) Qwen OAuth (log in at qwen.ai in a browser; free: 60 requests/min, 2,000/day)"
+    );
+    let _ = writeln!(
+        err,
+        "  2) OpenAI-compatible API key (OpenAI, DashScope, ModelScope, OpenRouter, ...)"
+    );
+    match ask("Choice [1/2]: ")?.as_str() {
+        "1" | "qwen-oauth" => {
+            let args = super::login::LoginArgs::default();
+            let code = super::login::run(channel.clone(), args, false).await?;
+            if code != ExitCode::SUCCESS {
+                return Err(ClientError::Exit(code));
+            }
+            Ok(())
+        }
+        "2" | "openai" => api_key(channel, ctx).await,
+        other => Err(ClientError::Usage(format!("no such choice: {other:?}"))),
+    }
+}
+
+fn ask(question: &str) -> Result<String, ClientError> {
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{question}");
+    let _ = err.flush();
+    let mut line = String::new();
+    let n = std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| ClientError::Usage(format!("cannot read the answer: {e}")))?;
+    if n == 0 {
+        return Err(ClientError::Usage("no answer (end of input)".into()));
+    }
+    Ok(line.trim().to_string())
+}
+
+async fn api_key(channel: &Channel, ctx: &ClientContext) -> Result<(), ClientError> {
+    let key = {
+        // Echo goes off before the prompt appears: rpassword prints first and configures
+        // the terminal after, so a fast typist (or paste) could see the key echoed.
+        let _quiet = echo::Off::new();
+        rpassword::prompt_password("API key (input hidden): ")
+            .map_err(|e| ClientError::Usage(format!("cannot read the key: {e}")))?
+    };
+    let key = key.trim().to_string();
+    if key.is_empty() {
+        return Err(ClientError::Usage("no API key entered".into()));
+    }
+    let base = ask("Base URL (Enter for https://api.openai.com/v1): ")?;
+    let model = ask("Model (Enter for qwen3.5-plus): ")?;
+    let mut vars = vec![("OPENAI_API_KEY", key.as_str())];
+    if !base.is_empty() {
+        vars.push(("OPENAI_BASE_URL", base.as_str()));
+    }
+    if !model.is_empty() {
+        vars.push(("OPENAI_MODEL", model.as_str()));
+    }
+    let home = ctx
+        .env
+        .get("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| ClientError::Usage("HOME is not set: nowhere to save the key".into()))?;
+    let file = home.join(".qwen").join(".env");
+    save_env(&file, &vars)
+        .map_err(|e| ClientError::Rpc(format!("cannot write {}: {e}", file.display())))?;
+    eprintln!("qwen: saved in {} (mode 0600)", file.display());
+    let switched = AuthClient::new(channel.clone())
+        .switch_auth(SwitchAuthRequest {
+            auth_type: AuthType::Openai as i32,
+            client: Some(ctx.clone()),
+        })
+        .await;
+    match switched {
+        Ok(st) => {
+            eprintln!(
+                "qwen: auth method is now openai (saved in {})",
+                st.into_inner().settings_file
+            );
+            Ok(())
+        }
+        // The first .env found from the cwd upwards wins; a project one hides ~/.qwen/.env.
+        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+            Err(ClientError::AuthNeeded(format!(
+                "the key was saved in {} but does not apply here, because a .env file nearer to this directory is read instead (only the first one found is used): {}",
+                file.display(),
+                s.message()
+            )))
+        }
+        Err(s) => Err(s.into()),
+    }
+}
+
+#[cfg(unix)]
+mod echo {
+    use std::os::fd::AsRawFd;
+
+    /// Terminal echo off until dropped (then the previous settings come back).
+    pub struct Off {
+        tty: std::fs::File,
+        saved: libc::termios,
+    }
+
+    impl Off {
+        pub fn new() -> Option<Self> {
+            let tty = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/tty")
+                .ok()?;
+            let fd = tty.as_raw_fd();
+            // SAFETY: tcgetattr/tcsetattr on an open terminal fd with a zeroed termios.
+            unsafe {
+                let mut saved: libc::termios = std::mem::zeroed();
+                if libc::tcgetattr(fd, &mut saved) != 0 {
+                    return None;
+                }
+                let mut quiet = saved;
+                quiet.c_lflag &= !(libc::ECHO | libc::ECHONL);
+                if libc::tcsetattr(fd, libc::TCSANOW, &quiet) != 0 {
+                    return None;
+                }
+                Some(Self { tty, saved })
+            }
+        }
+    }
+
+    impl Drop for Off {
+        fn drop(&mut self) {
+            // SAFETY: restores the attributes read in `new` on the same fd.
+            unsafe { libc::tcsetattr(self.tty.as_raw_fd(), libc::TCSANOW, &self.saved) };
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod echo {
+    pub struct Off;
+    impl Off {
+        pub fn new() -> Option<Self> {
+            None
+        }
+    }
+}
+
+/// Set `vars` in a dotenv file, keeping every other line. Earlier one-line assignments of
+/// the same keys are removed; a multi-line one is left alone (dotenv's last duplicate wins,
+/// so the appended value applies either way).
+pub fn save_env(path: &Path, vars: &[(&str, &str)]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let old = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let new = upsert(&old, vars)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".env.qwen-tmp-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    let res = f
+        .write_all(new.as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn upsert(old: &str, vars: &[(&str, &str)]) -> std::io::Result<String> {
+    let mut out = String::new();
+    for line in old.split_inclusive('\n') {
+        let replaced = assigned_key(line)
+            .is_some_and(|(k, single)| single && vars.iter().any(|(v, _)| *v == k));
+        if !replaced {
+            out.push_str(line);
+        }
+    }
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    for (k, v) in vars {
+        out.push_str(&format!("{k}={}\n", quote(v)?));
+    }
+    Ok(out)
+}
+
+/// The key a line assigns, and whether the assignment ends on this line.
+fn assigned_key(line: &str) -> Option<(&str, bool)> {
+    let t = line.trim_start();
+    let t = t.strip_prefix("export ").map(str::trim_start).unwrap_or(t);
+    let end = t.find(['=', ':'])?;
+    let key = t[..end].trim();
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        return None;
+    }
+    let value = t[end + 1..].trim();
+    let single = match value.chars().next() {
+        Some(q @ ('\'' | '"' | '`')) => value[1..].contains(q),
+        _ => true,
+    };
+    Some((key, single))
+}
+
+/// A quote that keeps the value literal for dotenv: single quotes first (no escapes at
+/// all), then backticks; double quotes would expand `\n`.
+fn quote(v: &str) -> std::io::Result<String> {
+    if v.contains(['\n', '\r']) {
+        return Err(std::io::Error::other("the value spans lines"));
+    }
+    for q in ['\'', '`'] {
+        if !v.contains(q) {
+            return Ok(format!("{q}{v}{q}"));
+        }
+    }
+    if !v.contains('"') && !v.contains("\\n") && !v.contains("\\r") {
+        return Ok(format!("\"{v}\""));
+    }
+    Err(std::io::Error::other(
+        "the value contains every kind of quote; set it by hand",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upsert_keeps_other_lines_and_replaces_ours() {
+        let old = "# mine\nFOO=1\nexport OPENAI_API_KEY=old\nOPENAI_MODEL: \"m\"\nMULTI='a\nb'\nOPENAI_BASE_URL='x\ny'\nBAR=2";
+        let new = upsert(
+            old,
+            &[
+                ("OPENAI_API_KEY", "sk-new"),
+                ("OPENAI_BASE_URL", "http://h/v1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            new,
+            "# mine\nFOO=1\nOPENAI_MODEL: \"m\"\nMULTI='a\nb'\nOPENAI_BASE_URL='x\ny'\nBAR=2\nOPENAI_API_KEY='sk-new'\nOPENAI_BASE_URL='http://h/v1'\n"
+        );
+    }
+
+    #[test]
+    fn quoting_stays_literal() {
+        assert_eq!(quote("a#b $X").unwrap(), "'a#b $X'");
+        assert_eq!(quote("it's").unwrap(), "`it's`");
+        assert_eq!(quote("it's `x`").unwrap(), "\"it's `x`\"");
+        assert!(quote("a\nb").is_err());
+    }
+}

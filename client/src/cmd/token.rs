@@ -1,0 +1,37 @@
+//! `qwen auth token`: the current bearer token on stdout and nothing else, for scripts
+//! (`curl -H "Authorization: Bearer $(qwen auth token)"`). Never prompts.
+use std::io::Write;
+use std::process::ExitCode;
+
+use qwend_shared::api::AuthType;
+use serde_json::json;
+
+use crate::connect;
+use crate::error::ClientError;
+
+pub async fn run(as_json: bool) -> Result<ExitCode, ClientError> {
+    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let ctx = super::env::context()?;
+    let creds = super::credentials::fetch(&channel, &ctx, None, None).await?;
+    let text = if as_json {
+        json!({
+            "token": creds.token,
+            "auth_type": match creds.auth_type() {
+                AuthType::QwenOauth => Some("qwen-oauth"),
+                AuthType::Openai => Some("openai"),
+                AuthType::Unspecified => None,
+            },
+            "base_url": creds.base_url,
+            "model": creds.model,
+            "expires_at_ms": creds.expires_at_ms,
+        })
+        .to_string()
+    } else {
+        creds.token
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| ClientError::Output(e.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,67 @@
+//! Terminal conventions: spinners and colour only on a terminal, `NO_COLOR` respected,
+//! prompts only when a human can answer.
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A human can answer questions: stdin and stderr (where questions go) are terminals.
+pub fn interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// https://no-color.org: any non-empty value turns colour off.
+pub fn color() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+/// A spinner on stderr, or nothing when stderr is not a terminal.
+pub fn spinner(message: impl Into<String>) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let template = if color() {
+        "{spinner:.cyan} {msg}"
+    } else {
+        "{spinner} {msg}"
+    };
+    let pb = ProgressBar::new_spinner()
+        .with_style(
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        )
+        .with_message(message.into());
+    pb.enable_steady_tick(Duration::from_millis(100));
+    Some(pb)
+}
+
+/// `qwen: warning: ...`, yellow on a colour terminal.
+pub fn warn(text: &str) {
+    if color() {
+        eprintln!("qwen: \x1b[33mwarning\x1b[0m: {text}");
+    } else {
+        eprintln!("qwen: warning: {text}");
+    }
+}
+
+/// "41s", "2m 05s", "3h 10m".
+pub fn human_duration(ms: u64) -> String {
+    let s = ms.div_ceil(1000);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations() {
+        assert_eq!(super::human_duration(0), "0s");
+        assert_eq!(super::human_duration(1), "1s");
+        assert_eq!(super::human_duration(41_000), "41s");
+        assert_eq!(super::human_duration(125_000), "2m 05s");
+        assert_eq!(super::human_duration(3_600_000 * 3 + 600_000), "3h 10m");
+    }
+}
