@@ -22,7 +22,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cmd::run(cli)) {
+    let result = runtime.block_on(cmd::run(cli));
+    // A blocking helper still running (a browser launcher that stays in the foreground)
+    // must not keep the command from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(code) => code,
         Err(e) => {
             if !matches!(e, error::ClientError::Exit(_)) {

@@ -2,8 +2,6 @@
 //! (API key typed hidden, saved 0600 beside the user's other lines, method switched), the
 //! OAuth choice, and the spinner with and without `NO_COLOR`.
 mod common;
-#[path = "../../daemon/src/oauth/mock.rs"]
-mod oauth_mock;
 
 use common::openai_mock::{OpenAiMock, Reply};
 use common::*;

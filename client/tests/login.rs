@@ -2,45 +2,27 @@
 //! authorization server that plays Qwen's: the exact requests, the files written, what the
 //! user sees and the exit codes.
 mod common;
-#[path = "../../daemon/src/oauth/mock.rs"]
-mod mock;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use base64::Engine;
-use common::tty::Tty;
+use common::oauth_mock::{DEVICE_PATH, Reply, TOKEN_PATH};
+use common::pty::{self, Pty};
 use common::*;
-use mock::{DEVICE_PATH, MockServer, Reply, TOKEN_PATH};
+use expectrl::Expect;
 use serde_json::Value;
 use sha2::Digest;
 
-struct Setup {
-    rt: tokio::runtime::Runtime,
-    mock: MockServer,
-    env: TestEnv,
-}
-
-/// A daemon whose OAuth server is the mock, with one protocol second lasting 10 ms, so a
-/// code that "expires in 600 s" lasts 6 s and polls come every 10 ms.
 fn setup() -> Setup {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mock = rt.block_on(MockServer::start());
-    let env = TestEnv::new()
-        .with_var("QWEN_OAUTH_BASE_URL", mock.base_url())
-        .with_var("QWEND_OAUTH_TIME_UNIT_MS", "10");
-    Setup { rt, mock, env }
+    oauth_setup(&[("QWEND_OAUTH_TIME_UNIT_MS", "10")])
 }
 
 impl Setup {
-    fn login(&self, args: &[&str]) -> Tty {
+    fn login(&self, args: &[&str]) -> Pty {
         let mut all = vec!["auth", "login"];
         all.extend_from_slice(args);
-        Tty::spawn(&mut self.env.qwen_cmd(&all))
+        pty::spawn(self.env.qwen_cmd(&all))
     }
 
     fn wait_for_requests(&self, n: usize) {
@@ -74,13 +56,6 @@ fn wait_for_log(env: &TestEnv, needle: &str) {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 #[test]
 fn without_a_terminal_login_exits_3_and_says_how_to_configure_auth() {
     let s = setup();
@@ -108,9 +83,10 @@ fn device_login_sends_what_qwen_code_sends_and_writes_its_file() {
     s.mock.set_default(TOKEN_PATH, Reply::device_token());
     let before = now_ms();
 
-    let tty = s.login(&["--no-browser"]);
-    let (status, screen) = tty.finish();
-    assert!(status.success(), "{screen}");
+    let mut tty = s.login(&["--no-browser"]);
+    let screen = pty::rest(&mut tty);
+    let status = pty::exit_code(&tty);
+    assert_eq!(status, 0, "{screen}");
     // What the user needs: the link with the code, the code itself, a QR code.
     assert!(
         screen.contains("https://chat.qwen.ai/authorize?user_code=ABCD-EFGH&client=qwen-code"),
@@ -135,11 +111,11 @@ fn device_login_sends_what_qwen_code_sends_and_writes_its_file() {
         .encode(sha2::Sha256::digest(verifier.as_bytes()));
     assert_eq!(reqs[0].form_value("code_challenge"), Some(challenge));
     assert_eq!(verifier.len(), 43, "32 random bytes, base64url");
-    if let Some(case) = mock::conformance_case("oauth-device-flow-login") {
+    if let Some(case) = common::oauth_mock::conformance_case("oauth-device-flow-login") {
         let expected = case["requests"].as_array().unwrap();
-        mock::assert_request_like(&reqs[0], &expected[0], &["code_challenge"]);
+        common::oauth_mock::assert_request_like(&reqs[0], &expected[0], &["code_challenge"]);
         for r in &reqs[1..] {
-            mock::assert_request_like(r, &expected[1], &["code_verifier"]);
+            common::oauth_mock::assert_request_like(r, &expected[1], &["code_verifier"]);
         }
     }
     for r in &reqs[1..] {
@@ -172,8 +148,10 @@ fn device_login_sends_what_qwen_code_sends_and_writes_its_file() {
     let st = status_json(&s.env);
     assert_eq!(st["logged_in"], true, "{st}");
     assert_eq!(st["base_url"], "https://portal.qwen.ai/v1");
-    let (status, screen) = s.login(&["--no-browser"]).finish();
-    assert!(status.success(), "{screen}");
+    let mut p = s.login(&["--no-browser"]);
+    let screen = pty::rest(&mut p);
+    let status = pty::exit_code(&p);
+    assert_eq!(status, 0, "{screen}");
     assert!(screen.contains("already logged in"), "{screen}");
     assert_eq!(s.mock.count(DEVICE_PATH), 1);
 
@@ -193,15 +171,19 @@ fn denied_and_expired_codes_end_with_different_messages_and_exit_3() {
     s.mock.push(DEVICE_PATH, Reply::device_code(600, Some(1)));
     s.mock
         .push(TOKEN_PATH, Reply::oauth_error(400, "access_denied"));
-    let (status, denied) = s.login(&["--no-browser"]).finish();
-    assert_eq!(status.code(), Some(3), "{denied}");
+    let mut p = s.login(&["--no-browser"]);
+    let denied = pty::rest(&mut p);
+    let status = pty::exit_code(&p);
+    assert_eq!(status, 3, "{denied}");
     assert!(denied.contains("denied"), "{denied}");
 
     s.mock.push(DEVICE_PATH, Reply::device_code(600, Some(1)));
     s.mock
         .push(TOKEN_PATH, Reply::oauth_error(400, "expired_token"));
-    let (status, expired) = s.login(&["--no-browser"]).finish();
-    assert_eq!(status.code(), Some(3), "{expired}");
+    let mut p = s.login(&["--no-browser"]);
+    let expired = pty::rest(&mut p);
+    let status = pty::exit_code(&p);
+    assert_eq!(status, 3, "{expired}");
     assert!(expired.contains("expired"), "{expired}");
     assert!(!expired.contains("denied"), "{expired}");
     assert!(!s.creds_file().exists());
@@ -215,32 +197,35 @@ fn a_second_login_attaches_and_the_flow_ends_with_its_last_client() {
     s.mock.push(DEVICE_PATH, Reply::device_code(6000, Some(1)));
     s.mock.set_default(TOKEN_PATH, Reply::pending());
 
-    let first = s.login(&["--no-browser"]);
-    first.expect("ABCD-EFGH");
+    let mut first = s.login(&["--no-browser"]);
+    pty::expect(&mut first, "ABCD-EFGH");
     let mut second = s.login(&["--no-browser"]);
-    second.expect("already in progress");
-    second.expect("ABCD-EFGH");
+    pty::expect(&mut second, "already in progress");
+    pty::expect(&mut second, "ABCD-EFGH");
     assert_eq!(s.mock.count(DEVICE_PATH), 1, "one flow, shared");
 
     // The second client leaves; the flow goes on for the first.
-    second.interrupt();
-    let (status, _) = second.finish();
-    assert_eq!(status.code(), Some(130));
+    second.send("\x03").unwrap();
+    let _ = pty::rest(&mut second);
+    let status = pty::exit_code(&second);
+    assert_eq!(status, 130);
     let polls = s.mock.requests().len();
     s.wait_for_requests(polls + 20);
     s.mock.set_default(TOKEN_PATH, Reply::device_token());
-    let (status, screen) = first.finish();
-    assert!(status.success(), "{screen}");
+    let screen = pty::rest(&mut first);
+    let status = pty::exit_code(&first);
+    assert_eq!(status, 0, "{screen}");
     assert!(screen.contains("logged in"), "{screen}");
 
     // Ctrl-C in the only client cancels the flow in the daemon.
     s.mock.push(DEVICE_PATH, Reply::device_code(6000, Some(1)));
     s.mock.set_default(TOKEN_PATH, Reply::pending());
     let mut only = s.login(&["--no-browser", "--force"]);
-    only.expect("ABCD-EFGH");
-    only.interrupt();
-    let (status, screen) = only.finish();
-    assert_eq!(status.code(), Some(130), "{screen}");
+    pty::expect(&mut only, "ABCD-EFGH");
+    only.send("\x03").unwrap();
+    let screen = pty::rest(&mut only);
+    let status = pty::exit_code(&only);
+    assert_eq!(status, 130, "{screen}");
     wait_for_log(&s.env, "every client left the pending login; cancelling it");
     wait_for_log(&s.env, "the login was cancelled");
     // The earlier login is untouched.
@@ -269,8 +254,8 @@ fn the_browser_opens_only_on_a_local_desktop() {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let (_, screen) = Tty::spawn(&mut cmd).finish();
-        screen
+        let mut p = pty::spawn(cmd);
+        pty::rest(&mut p)
     };
 
     // Over SSH, or when asked not to: never.

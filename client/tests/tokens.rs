@@ -3,28 +3,19 @@
 //! login, 5xx keeps it), adoption of Qwen Code's own refreshes, and crash safety of the
 //! files written on every refresh.
 mod common;
-#[path = "../../daemon/src/oauth/mock.rs"]
-mod mock;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::oauth_mock::{Reply, TOKEN_PATH};
 use common::*;
-use mock::{MockServer, Reply, TOKEN_PATH};
 use qwend_shared::api::auth_client::AuthClient;
 use qwend_shared::api::events_client::EventsClient;
 use qwend_shared::api::{ClientContext, GetCredentialsRequest, WatchRequest, event};
 use serde_json::Value;
 use tokio::sync::Semaphore;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 fn write_creds(home: &Path, access: &str, refresh: &str, expiry_ms: i64) {
     let dir = home.join(".qwen");
@@ -43,21 +34,8 @@ fn write_creds(home: &Path, access: &str, refresh: &str, expiry_ms: i64) {
     .unwrap();
 }
 
-struct Setup {
-    rt: tokio::runtime::Runtime,
-    mock: MockServer,
-    env: TestEnv,
-}
-
 fn setup() -> Setup {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mock = rt.block_on(MockServer::start());
-    let env = TestEnv::new().with_var("QWEN_OAUTH_BASE_URL", mock.base_url());
-    Setup { rt, mock, env }
+    oauth_setup(&[])
 }
 
 impl Setup {

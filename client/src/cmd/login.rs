@@ -46,6 +46,7 @@ pub async fn run(
         .await?
         .into_inner();
     let mut spinner: Option<Spinner> = None;
+    let mut browser: Option<tokio::task::JoinHandle<()>> = None;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         let event = tokio::select! {
@@ -74,7 +75,7 @@ pub async fn run(
             Kind::Prompt(p) => {
                 show_prompt(&p, as_json)?;
                 if !args.no_browser && can_open_browser() {
-                    open_browser(p.verification_uri_complete.clone());
+                    browser = Some(open_browser(p.verification_uri_complete.clone()));
                 }
                 spinner = Some(Spinner::new(p.expires_at_ms));
             }
@@ -92,6 +93,11 @@ pub async fn run(
             Kind::Result(r) => {
                 if let Some(s) = spinner.take() {
                     s.clear();
+                }
+                // A quick outcome must not exit before the browser was even launched; a
+                // launcher that keeps running is not waited for.
+                if let Some(b) = browser.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), b).await;
                 }
                 return finish(&r, as_json);
             }
@@ -206,7 +212,7 @@ fn can_open_browser() -> bool {
     set("DISPLAY") || set("WAYLAND_DISPLAY")
 }
 
-fn open_browser(url: String) {
+fn open_browser(url: String) -> tokio::task::JoinHandle<()> {
     // Off the async thread: some launchers wait for the browser to start.
     tokio::task::spawn_blocking(move || {
         let opts = {
@@ -219,7 +225,7 @@ fn open_browser(url: String) {
         {
             eprintln!("(could not open a browser: {e}; open the link above yourself)");
         }
-    });
+    })
 }
 
 /// "Waiting for approval… 4:32 left", on stderr, only on a terminal.

@@ -2,9 +2,10 @@
 //! real `qwen` and `qwend` binaries against them. Never the machine's real `~/.qwen`.
 #![allow(dead_code)]
 
+#[path = "../../../daemon/src/oauth/mock.rs"]
+pub mod oauth_mock;
 pub mod openai_mock;
 pub mod pty;
-pub mod tty;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -168,4 +169,33 @@ pub fn alive(pid: u32) -> bool {
             })
             .unwrap_or(false)
     })
+}
+
+/// A test environment whose daemon talks OAuth to a local mock authorization server
+/// (running on its own runtime while the test thread blocks).
+pub struct Setup {
+    pub rt: tokio::runtime::Runtime,
+    pub mock: oauth_mock::MockServer,
+    pub env: TestEnv,
+}
+
+pub fn oauth_setup(vars: &[(&str, &str)]) -> Setup {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mock = rt.block_on(oauth_mock::MockServer::start());
+    let mut env = TestEnv::new().with_var("QWEN_OAUTH_BASE_URL", mock.base_url());
+    for (k, v) in vars {
+        env = env.with_var(k, *v);
+    }
+    Setup { rt, mock, env }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
