@@ -193,8 +193,9 @@ fn denied_and_expired_codes_end_with_different_messages_and_exit_3() {
 #[test]
 fn a_second_login_attaches_and_the_flow_ends_with_its_last_client() {
     let s = setup();
-    // A code that lasts (60 s here) while the clients come and go.
-    s.mock.push(DEVICE_PATH, Reply::device_code(6000, Some(1)));
+    // A code that lasts (10 minutes here) while the clients come and go, however loaded.
+    s.mock
+        .push(DEVICE_PATH, Reply::device_code(60_000, Some(1)));
     s.mock.set_default(TOKEN_PATH, Reply::pending());
 
     let mut first = s.login(&["--no-browser"]);
@@ -218,7 +219,8 @@ fn a_second_login_attaches_and_the_flow_ends_with_its_last_client() {
     assert!(screen.contains("logged in"), "{screen}");
 
     // Ctrl-C in the only client cancels the flow in the daemon.
-    s.mock.push(DEVICE_PATH, Reply::device_code(6000, Some(1)));
+    s.mock
+        .push(DEVICE_PATH, Reply::device_code(60_000, Some(1)));
     s.mock.set_default(TOKEN_PATH, Reply::pending());
     let mut only = s.login(&["--no-browser", "--force"]);
     pty::expect(&mut only, "ABCD-EFGH");

@@ -48,6 +48,10 @@ pub async fn run(
     let mut spinner: Option<Spinner> = None;
     let mut browser: Option<tokio::task::JoinHandle<()>> = None;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    // One listener for the whole login: a fresh one per loop turn would miss a Ctrl-C
+    // that arrives between turns (the handler is installed, so nothing else would see it).
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         let event = tokio::select! {
             ev = stream.message() => ev?,
@@ -57,7 +61,7 @@ pub async fn run(
             }
             // Leaving ends our attachment; the daemon cancels the flow when nobody else
             // is waiting on it.
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 if let Some(s) = spinner.take() { s.clear(); }
                 eprintln!("login cancelled");
                 return Ok(ExitCode::from(130));
