@@ -45,15 +45,7 @@ fn status_json(env: &TestEnv) -> Value {
 }
 
 fn wait_for_log(env: &TestEnv, needle: &str) {
-    let start = std::time::Instant::now();
-    while !env.log().contains(needle) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "daemon log never said {needle:?}:\n{}",
-            env.log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_file(&env.state.join("qwend.log"), |log| log.contains(needle));
 }
 
 #[test]
@@ -267,19 +259,8 @@ fn the_browser_opens_only_on_a_local_desktop() {
 
     // A local desktop: the complete URL, code included. The denial ends the flow only
     // after the prompt (and so the browser) was handled.
-    let screen = run(&[], &[]);
-    let start = std::time::Instant::now();
-    while !opened.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "{screen}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let url = loop {
-        let url = std::fs::read_to_string(&opened).unwrap();
-        if !url.is_empty() {
-            break url;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    run(&[], &[]);
+    let url = wait_for_file(&opened, |url| !url.is_empty());
     assert_eq!(
         url,
         "https://chat.qwen.ai/authorize?user_code=ABCD-EFGH&client=qwen-code"

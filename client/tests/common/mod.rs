@@ -199,3 +199,39 @@ pub fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// Waits until `done` holds for the contents of `path` (read as text; "" while missing),
+/// woken by inotify on its directory: no sleeping. Panics after a minute (a broken build).
+pub fn wait_for_file(path: &Path, done: impl Fn(&str) -> bool) -> String {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+    let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).unwrap();
+    let dir = path.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    inotify::add_watch(
+        &fd,
+        dir,
+        WatchFlags::MODIFY | WatchFlags::CREATE | WatchFlags::CLOSE_WRITE | WatchFlags::MOVED_TO,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    loop {
+        // Read after arming the watch, so a change in between is not missed.
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if done(&text) {
+            return text;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{} never got there:\n{text}",
+            path.display()
+        );
+        let timeout = Timespec::try_from(left).unwrap();
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        let _ = poll(&mut fds, Some(&timeout));
+        let mut reader = inotify::Reader::new(&fd, &mut buf);
+        while reader.next().is_ok() {}
+    }
+}
