@@ -5,6 +5,9 @@
 //!   enough never to refuse (every decision is a durable grant); target ≥ 20,000/s;
 //! - the same with limits that refuse almost everything (decisions without a write);
 //! - the durable-write cost per grant seen by one sequential client.
+#[path = "support/permits.rs"]
+mod permits;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,37 +62,7 @@ async fn storm(socket: &Path, home: &Path, per_client: usize) -> (Duration, usiz
         cwd: home.display().to_string(),
         env: [("HOME".to_string(), home.display().to_string())].into(),
     };
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        clients.push(QuotaClient::new(
-            qwend_shared::transport::connect(socket).await.unwrap(),
-        ));
-    }
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for mut c in clients {
-        let ctx = ctx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut granted = 0;
-            for _ in 0..per_client {
-                let r = c
-                    .acquire_permit(AcquirePermitRequest {
-                        client: Some(ctx.clone()),
-                        wait_ms: 0,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                granted += r.granted as usize;
-            }
-            granted
-        }));
-    }
-    let mut granted = 0;
-    for t in tasks {
-        granted += t.await.unwrap();
-    }
-    (t.elapsed(), granted)
+    permits::acquire_permits(socket, &ctx, CLIENTS, per_client).await
 }
 
 fn main() {

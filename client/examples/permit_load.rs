@@ -10,9 +10,10 @@
 //!
 //! Arguments: SOCKET HOME CLIENTS PER_CLIENT; every client sends the bench's context
 //! (cwd and HOME set to HOME). Divide the dump's total by CLIENTS × PER_CLIENT.
-use qwend_shared::api::quota_client::QuotaClient;
-use qwend_shared::api::{AcquirePermitRequest, ClientContext};
-use std::time::Instant;
+#[path = "../benches/support/permits.rs"]
+mod permits;
+
+use qwend_shared::api::ClientContext;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -25,37 +26,7 @@ async fn main() {
         cwd: home.clone(),
         env: [("HOME".to_string(), home.clone())].into(),
     };
-    let mut cs = Vec::new();
-    for _ in 0..clients {
-        cs.push(QuotaClient::new(
-            qwend_shared::transport::connect(&socket).await.unwrap(),
-        ));
-    }
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for mut c in cs {
-        let ctx = ctx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut g = 0;
-            for _ in 0..per {
-                let r = c
-                    .acquire_permit(AcquirePermitRequest {
-                        client: Some(ctx.clone()),
-                        wait_ms: 0,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                g += r.granted as usize;
-            }
-            g
-        }));
-    }
-    let mut g = 0;
-    for t in tasks {
-        g += t.await.unwrap();
-    }
-    let d = t.elapsed();
+    let (d, g) = permits::acquire_permits(&socket, &ctx, clients, per).await;
     println!(
         "{} calls, {} granted, {:.0}/s",
         clients * per,

@@ -1,10 +1,12 @@
 //! Watch under load: 100 subscribers that never read, a burst of 10,000 events.
 mod common;
+#[path = "../benches/support/permits.rs"]
+mod permits;
 
 use common::*;
 use qwend_shared::api::events_client::EventsClient;
 use qwend_shared::api::quota_client::QuotaClient;
-use qwend_shared::api::{AcquirePermitRequest, ClientContext, GetQuotaRequest, WatchRequest};
+use qwend_shared::api::{ClientContext, GetQuotaRequest, WatchRequest};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -43,28 +45,9 @@ async fn a_hundred_idle_subscribers_and_ten_thousand_events_stay_bounded() {
         cwd: env.home.display().to_string(),
         env: [("HOME".to_string(), env.home.display().to_string())].into(),
     };
-    let mut tasks = Vec::new();
     // Eight clients with their own connections (as separate processes would be).
-    for _ in 0..8 {
-        let mut q = QuotaClient::new(qwend_shared::transport::connect(&env.socket).await.unwrap());
-        let ctx = ctx.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..1250 {
-                let r = q
-                    .acquire_permit(AcquirePermitRequest {
-                        client: Some(ctx.clone()),
-                        wait_ms: 0,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert!(r.granted);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let (_, granted) = permits::acquire_permits(&env.socket, &ctx, 8, 1250).await;
+    assert_eq!(granted, 10_000);
     let ch = qwend_shared::transport::connect(&env.socket).await.unwrap();
     let st = QuotaClient::new(ch)
         .get_quota(GetQuotaRequest { client: Some(ctx) })

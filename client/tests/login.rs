@@ -116,10 +116,7 @@ fn device_login_sends_what_qwen_code_sends_and_writes_its_file() {
 
     // Qwen Code's file, as Qwen Code's login writes it (key order, 0600).
     let raw = std::fs::read_to_string(s.creds_file()).unwrap();
-    let keys: Vec<&str> = raw
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix('"')?.split('"').next())
-        .collect();
+    let keys = top_level_keys(&raw);
     assert_eq!(
         keys,
         [

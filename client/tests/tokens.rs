@@ -127,10 +127,7 @@ fn an_expired_token_is_refreshed_once_however_many_clients_ask() {
 
     // Qwen Code's file, as its own refresh writes it: its key order, the rotated token.
     let raw = std::fs::read_to_string(s.qwen_file()).unwrap();
-    let keys: Vec<&str> = raw
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix('"')?.split('"').next())
-        .collect();
+    let keys = top_level_keys(&raw);
     assert_eq!(
         keys,
         [

@@ -235,3 +235,12 @@ pub fn wait_for_file(path: &Path, done: impl Fn(&str) -> bool) -> String {
         while reader.next().is_ok() {}
     }
 }
+
+/// The keys of a pretty-printed flat JSON object, in file order (serde_json would sort or
+/// keep them only with a feature; the order itself is what Qwen Code's layouts differ in).
+pub fn top_level_keys(pretty: &str) -> Vec<&str> {
+    pretty
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('"')?.split('"').next())
+        .collect()
+}
