@@ -388,21 +388,34 @@ impl AuthState {
         }
     }
 
-    /// The token manager, after adopting a login made meanwhile with Qwen Code.
-    pub async fn tokens(self: &Arc<Self>) -> Result<TokenManager, AuthError> {
-        let this = self.clone();
-        let (rt, imported) = tokio::task::spawn_blocking(move || {
-            let rt = this.runtime()?;
-            let imported = this.import_if_changed(&rt.stores);
-            Ok::<_, StoreError>((rt, imported))
-        })
-        .await
-        .map_err(|e| AuthError::Task(e.to_string()))??;
+    /// The OAuth runtime and what Qwen Code wrote since we last looked (blocking).
+    fn runtime_and_import(&self) -> Result<(OAuthRuntime, Option<Credentials>), StoreError> {
+        let rt = self.runtime()?;
+        let imported = self.import_if_changed(&rt.stores);
+        Ok((rt, imported))
+    }
+
+    /// Hands a login made meanwhile with Qwen Code to the token manager.
+    async fn adopt_imported(&self, rt: &OAuthRuntime, imported: Option<Credentials>) {
         if let Some(c) = imported {
             rt.tokens.adopt(Some(c.clone())).await;
             self.announce_login(&c);
         }
-        Ok(rt.tokens)
+    }
+
+    /// The OAuth runtime, after adopting a login made meanwhile with Qwen Code.
+    async fn fresh_runtime(self: &Arc<Self>) -> Result<OAuthRuntime, AuthError> {
+        let this = self.clone();
+        let (rt, imported) = tokio::task::spawn_blocking(move || this.runtime_and_import())
+            .await
+            .map_err(|e| AuthError::Task(e.to_string()))??;
+        self.adopt_imported(&rt, imported).await;
+        Ok(rt)
+    }
+
+    /// The token manager, after adopting a login made meanwhile with Qwen Code.
+    pub async fn tokens(self: &Arc<Self>) -> Result<TokenManager, AuthError> {
+        Ok(self.fresh_runtime().await?.tokens)
     }
 
     /// Where our copy of the OAuth credentials lives, once the store is open.
@@ -632,15 +645,24 @@ impl AuthState {
         model: Option<String>,
         rejected: Option<SecretString>,
     ) -> Result<Ready, AuthError> {
+        // One trip to the blocking pool: the plan and, for Qwen OAuth, the token manager.
         let this = self.clone();
-        let plan = tokio::task::spawn_blocking(move || this.plan(&ctx, model.as_deref()))
-            .await
-            .map_err(|e| AuthError::Task(e.to_string()))??;
-        let (model, warnings) = match plan {
-            Plan::Ready(r) => return Ok(r),
-            Plan::QwenOAuth { model, warnings } => (model, warnings),
+        let prepared = tokio::task::spawn_blocking(move || {
+            Ok::<_, AuthError>(match this.plan(&ctx, model.as_deref())? {
+                Plan::Ready(r) => Err(r),
+                Plan::QwenOAuth { model, warnings } => {
+                    Ok((model, warnings, this.runtime_and_import()?))
+                }
+            })
+        })
+        .await
+        .map_err(|e| AuthError::Task(e.to_string()))??;
+        let (model, warnings, (rt, imported)) = match prepared {
+            Err(ready) => return Ok(ready),
+            Ok(oauth) => oauth,
         };
-        let tokens = self.tokens().await?;
+        self.adopt_imported(&rt, imported).await;
+        let tokens = rt.tokens;
         let creds = match rejected {
             Some(r) => tokens.get_replacing(&r).await,
             None => tokens.get(false).await,
@@ -657,19 +679,12 @@ impl AuthState {
 
     /// Forgets the Qwen OAuth login everywhere (keyring, our file, Qwen Code's file).
     pub async fn logout(self: &Arc<Self>) -> Result<LogoutReport, AuthError> {
-        let tokens = self.tokens().await?;
+        let rt = self.fresh_runtime().await?;
         // A failure is in the report too, which is what the caller shows.
-        if let Err(e) = tokens.logout("logged out").await {
+        if let Err(e) = rt.tokens.logout("logged out").await {
             tracing::warn!(error = %e, "logout incomplete");
         }
-        let this = self.clone();
-        let report = tokio::task::spawn_blocking(move || this.runtime())
-            .await
-            .map_err(|e| AuthError::Task(e.to_string()))??
-            .persistence
-            .take_clear_report()
-            .unwrap_or_default();
-        Ok(report)
+        Ok(rt.persistence.take_clear_report().unwrap_or_default())
     }
 }
 
