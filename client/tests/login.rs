@@ -155,6 +155,70 @@ fn device_login_sends_what_qwen_code_sends_and_writes_its_file() {
 }
 
 #[test]
+fn a_login_whose_id_token_names_the_account_counts_quota_for_that_account() {
+    let s = setup();
+    let claims = serde_json::json!({"iss": "https://chat.qwen.ai", "sub": "carol", "email": "carol@example.com"});
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let id_token = format!(
+        "{}.{}.sig",
+        b64(&serde_json::json!({"alg": "RS256"})),
+        b64(&claims)
+    );
+    s.mock.push(DEVICE_PATH, Reply::device_code(600, Some(1)));
+    s.mock.set_default(
+        TOKEN_PATH,
+        Reply::json(
+            200,
+            serde_json::json!({
+                "access_token": "at-c", "refresh_token": "rt-c", "token_type": "Bearer",
+                "expires_in": 3600, "resource_url": "portal.qwen.ai", "id_token": id_token,
+            }),
+        ),
+    );
+    let mut tty = s.login(&["--no-browser"]);
+    let screen = pty::rest(&mut tty);
+    assert_eq!(pty::exit_code(&tty), 0, "{screen}");
+
+    // The account is the hash of issuer and subject; nothing else of the id_token is kept.
+    let digest = sha2::Sha256::new()
+        .chain_update("https://chat.qwen.ai")
+        .chain_update([0u8])
+        .chain_update("carol")
+        .finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let out = s.env.qwen(&["quota", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let quota: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(quota["account"], format!("qwen-oauth:{hex}"));
+    let raw = std::fs::read_to_string(s.creds_file()).unwrap();
+    assert!(
+        !raw.contains("id_token") && !raw.contains(&id_token),
+        "{raw}"
+    );
+    let mut everything = s.env.log();
+    for entry in walk(&s.env.state) {
+        everything.push_str(&String::from_utf8_lossy(&std::fs::read(entry).unwrap()));
+    }
+    for leak in ["carol", id_token.as_str()] {
+        assert!(!everything.contains(leak), "{leak} was kept");
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
 fn denied_and_expired_codes_end_with_different_messages_and_exit_3() {
     let s = setup();
     s.mock.push(DEVICE_PATH, Reply::device_code(600, Some(1)));

@@ -156,3 +156,94 @@ fn grants_survive_kill_minus_nine() {
         }
     }
 }
+
+/// An unsigned JWT naming `sub`, as a Qwen access token or `id_token` could be.
+fn jwt(sub: &str) -> String {
+    use base64::Engine;
+    let enc = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    format!(
+        "{}.{}.sig",
+        enc(serde_json::json!({"alg": "none"})),
+        enc(serde_json::json!({"iss": "https://chat.qwen.ai", "sub": sub}))
+    )
+}
+
+/// A login made with Qwen Code: its credential file, replaced as Qwen Code replaces it.
+fn qwen_code_login(env: &TestEnv, access: &str, refresh: &str, expiry_ms: i64) {
+    let dir = env.home.join(".qwen");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = dir.join("oauth_creds.json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::json!({
+            "access_token": access, "refresh_token": refresh, "token_type": "Bearer",
+            "resource_url": "portal.qwen.ai", "expiry_date": expiry_ms,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::rename(tmp, dir.join("oauth_creds.json")).unwrap();
+    std::fs::write(
+        dir.join("settings.json"),
+        r#"{"security": {"auth": {"selectedType": "qwen-oauth"}}}"#,
+    )
+    .unwrap();
+}
+
+/// The bearer token every client gets now (which makes the daemon look at the file).
+fn bearer(env: &TestEnv) -> String {
+    let out = env.qwen(&["auth", "token"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn each_qwen_account_has_its_own_counters_and_keeps_them_across_logins() {
+    let env = TestEnv::new();
+    let limit = [("QWEND_QUOTA_PER_MINUTE", "2")];
+    let hour = 3_600_000;
+    qwen_code_login(&env, &jwt("alice"), "rt-alice", now_ms() + hour);
+    start_with(&env, &limit);
+    assert_eq!(bearer(&env), jwt("alice"));
+    let alice = quota_json(&env)["account"].as_str().unwrap().to_string();
+    assert!(alice.starts_with("qwen-oauth:"), "{alice}");
+    assert!(!alice.contains("alice"), "only a hash names the account");
+    for _ in 0..2 {
+        assert!(acquire(&env).await.granted);
+    }
+    assert!(!acquire(&env).await.granted, "alice's minute is used up");
+
+    // Bob logs in with Qwen Code: a new account, fresh counters.
+    qwen_code_login(&env, &jwt("bob"), "rt-bob", now_ms() + 2 * hour);
+    assert_eq!(bearer(&env), jwt("bob"));
+    let bob = quota_json(&env)["account"].as_str().unwrap().to_string();
+    assert_ne!(bob, alice);
+    assert_eq!(quota_json(&env)["minute"]["used"], 0);
+    for _ in 0..2 {
+        assert!(acquire(&env).await.granted, "bob has his own minute");
+    }
+    assert!(!acquire(&env).await.granted);
+
+    // A login whose tokens name nobody keeps counting on the last known account.
+    qwen_code_login(&env, "opaque-token", "rt-opaque", now_ms() + 3 * hour);
+    assert_eq!(bearer(&env), "opaque-token");
+    assert_eq!(quota_json(&env)["account"], bob.as_str());
+    assert!(!acquire(&env).await.granted);
+
+    // A restart remembers whose counters apply.
+    let out = env.qwen(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    start_with(&env, &limit);
+    assert_eq!(quota_json(&env)["account"], bob.as_str());
+    assert!(!acquire(&env).await.granted, "a restart resets nothing");
+
+    // Alice again: her usage is still there.
+    qwen_code_login(&env, &jwt("alice"), "rt-alice-2", now_ms() + 4 * hour);
+    assert_eq!(bearer(&env), jwt("alice"));
+    let v = quota_json(&env);
+    assert_eq!(v["account"], alice.as_str());
+    assert_eq!(v["minute"]["used"], 2);
+    assert!(!acquire(&env).await.granted);
+}

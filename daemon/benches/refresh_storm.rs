@@ -56,6 +56,7 @@ async fn main() {
                     token_type: "Bearer".into(),
                     expiry_date: clock.now_ms() - 1_000,
                     resource_url: None,
+                    account: None,
                 };
                 let manager = TokenManager::new(
                     Some(expired),

@@ -9,6 +9,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::account::{AccountId, AccountTracker};
 use crate::clock::SharedClock;
 use crate::credentials::Credentials;
 use crate::dotenv::{EnvRequest, FileCache, Loaded, Resolver};
@@ -190,6 +191,8 @@ pub struct AuthState {
     /// re-parsing them each time would dominate the quota path.
     settings_cache: FileCache<Result<Value, SettingsError>>,
     events: Option<Arc<crate::events::Hub>>,
+    /// The Qwen account the quota counts for.
+    accounts: Arc<AccountTracker>,
 }
 
 impl std::fmt::Debug for AuthState {
@@ -208,8 +211,12 @@ impl AuthState {
         clock: SharedClock,
         resolver: Arc<Resolver>,
     ) -> Self {
+        let accounts = Arc::new(AccountTracker::open(
+            Self::own_dir(state_dir.as_deref(), &qwen_home).join("oauth_account"),
+        ));
         Self {
             qwen_file: QwenCredsFile::new(&qwen_home, clock.clone()),
+            accounts,
             qwen_home,
             state_dir,
             choice,
@@ -254,16 +261,27 @@ impl AuthState {
         self.qwen_home.join("settings.json")
     }
 
+    /// The daemon's own state: the configured state dir, else `<qwen home>/qwend`.
+    fn own_dir(state_dir: Option<&Path>, qwen_home: &Path) -> PathBuf {
+        state_dir.map_or_else(|| qwen_home.join("qwend"), Path::to_path_buf)
+    }
+
+    /// The quota account key of the Qwen OAuth login (see [`crate::account`]).
+    pub fn oauth_account(&self) -> Arc<str> {
+        self.accounts.key()
+    }
+
+    /// Credentials of `account` are about to be used.
+    pub fn observe_account(&self, account: Option<&AccountId>) {
+        self.accounts.observe(account);
+    }
+
     fn stores(&self) -> Result<Arc<Stores>, StoreError> {
         let mut guard = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
         }
-        let dir = self
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| self.qwen_home.join("qwend"))
-            .join("credentials");
+        let dir = Self::own_dir(self.state_dir.as_deref(), &self.qwen_home).join("credentials");
         let stores = Arc::new(Stores::open(StoreConfig {
             choice: self.choice,
             file_dir: dir,
@@ -294,6 +312,7 @@ impl AuthState {
             Err(StoreError::Corrupt { .. }) => None,
             Err(e) => return Err(e),
         };
+        self.observe_account(initial.as_ref().and_then(|c| c.account.as_ref()));
         let persistence = Arc::new(StorePersistence::new(
             stores.clone(),
             self.qwen_file.clone(),
@@ -302,10 +321,11 @@ impl AuthState {
         ));
         let tokens = TokenManager::new(
             initial,
-            Arc::new(LazyRefresher(
-                self.oauth_settings.config.clone(),
-                Default::default(),
-            )),
+            Arc::new(LazyRefresher {
+                config: self.oauth_settings.config.clone(),
+                client: Default::default(),
+                accounts: self.accounts.clone(),
+            }),
             Arc::new(persistence.clone()),
             self.clock.clone(),
             self.oauth_settings.tokens.clone(),
@@ -314,13 +334,12 @@ impl AuthState {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let _enter = handle.enter();
             tokens.spawn_scheduler(self.cancel.child_token());
-            if let Some(hub) = &self.events {
-                handle.spawn(forward_token_events(
-                    tokens.subscribe(),
-                    hub.clone(),
-                    self.cancel.child_token(),
-                ));
-            }
+            handle.spawn(forward_token_events(
+                tokens.clone(),
+                self.events.clone(),
+                self.accounts.clone(),
+                self.cancel.child_token(),
+            ));
         }
         let rt = OAuthRuntime {
             tokens,
@@ -344,6 +363,7 @@ impl AuthState {
         match stores.import_from_qwen(&self.qwen_file, ImportPolicy::IfNewer) {
             Ok(crate::store::ImportOutcome::Imported(c)) => {
                 tracing::info!("imported Qwen Code's credentials from oauth_creds.json");
+                self.observe_account(c.account.as_ref());
                 Some(c)
             }
             Ok(_) => None,
@@ -689,7 +709,11 @@ impl AuthState {
 }
 
 /// The refresh grant through an HTTP client built on the first refresh.
-struct LazyRefresher(OAuthConfig, std::sync::OnceLock<OAuthClient>);
+struct LazyRefresher {
+    config: OAuthConfig,
+    client: std::sync::OnceLock<OAuthClient>,
+    accounts: Arc<AccountTracker>,
+}
 
 #[async_trait::async_trait]
 impl crate::tokens::TokenRefresher for LazyRefresher {
@@ -697,25 +721,31 @@ impl crate::tokens::TokenRefresher for LazyRefresher {
         &self,
         refresh_token: &SecretString,
     ) -> Result<crate::oauth::TokenResponse, crate::oauth::RefreshError> {
-        let client = match self.1.get() {
+        let client = match self.client.get() {
             Some(c) => c,
             None => {
-                let c = OAuthClient::new(self.0.clone())
+                let c = OAuthClient::new(self.config.clone())
                     .map_err(crate::oauth::RefreshError::Transient)?;
-                self.1.get_or_init(|| c)
+                self.client.get_or_init(|| c)
             }
         };
-        client.refresh(refresh_token).await
+        let answer = client.refresh(refresh_token).await?;
+        self.accounts.observe(answer.account.as_ref());
+        Ok(answer)
     }
 }
 
 /// Turns token-manager changes into `Watch` events: refreshes, and logins that ended
-/// upstream. (Logins and logouts are announced where they happen.)
+/// upstream. (Logins and logouts are announced where they happen.) Also tells the account
+/// tracker about credentials that arrived by other ways than a login, refresh or import
+/// (a refresh that found Qwen Code's newer file under the lock).
 async fn forward_token_events(
-    mut rx: tokio::sync::watch::Receiver<TokenStatus>,
-    hub: Arc<crate::events::Hub>,
+    tokens: TokenManager,
+    hub: Option<Arc<crate::events::Hub>>,
+    accounts: Arc<AccountTracker>,
     cancel: CancellationToken,
 ) {
+    let mut rx = tokens.subscribe();
     let mut prev = rx.borrow_and_update().clone();
     loop {
         tokio::select! {
@@ -723,6 +753,13 @@ async fn forward_token_events(
             changed = rx.changed() => if changed.is_err() { return },
         }
         let now = rx.borrow_and_update().clone();
+        if matches!(now, TokenStatus::Active { .. }) {
+            accounts.observe(tokens.peek().and_then(|c| c.account).as_ref());
+        }
+        let Some(hub) = &hub else {
+            prev = now;
+            continue;
+        };
         match (&prev, &now) {
             (
                 TokenStatus::Active { generation: a, .. },

@@ -2,6 +2,8 @@
 //! Tokens are `SecretString`s: zeroized on drop, never printed by `Debug`.
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::account::AccountId;
+
 /// Qwen Code refuses a token that expires within this window; so do we.
 pub const EXPIRY_BUFFER_MS: i64 = 30_000;
 
@@ -17,6 +19,9 @@ pub struct Credentials {
     pub expiry_date: i64,
     /// Host (or URL) of the model API this account uses.
     pub resource_url: Option<String>,
+    /// The account these tokens belong to, when the server named it. Not part of Qwen
+    /// Code's file; derived from the token answer or from a JWT access token.
+    pub account: Option<AccountId>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -27,10 +32,13 @@ impl std::fmt::Debug for Credentials {
             .field("token_type", &self.token_type)
             .field("expiry_date", &self.expiry_date)
             .field("resource_url", &self.resource_url)
+            .field("account", &self.account)
             .finish()
     }
 }
 
+/// Equal tokens are the same login: `account` is derived from them (or was learnt with
+/// them), so a copy read back from a file that cannot hold it still compares equal.
 impl PartialEq for Credentials {
     fn eq(&self, other: &Self) -> bool {
         self.access_token.expose_secret() == other.access_token.expose_secret()
@@ -83,6 +91,7 @@ mod tests {
             token_type: "Bearer".into(),
             expiry_date: expiry,
             resource_url: resource.map(String::from),
+            account: None,
         }
     }
 

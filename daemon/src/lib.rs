@@ -1,4 +1,5 @@
 //! qwend: the per-user credential daemon behind the `qwen` client.
+pub mod account;
 pub mod activation;
 pub mod auth;
 pub mod cli;

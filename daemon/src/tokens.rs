@@ -827,6 +827,7 @@ mod tests {
             token_type: "Bearer".into(),
             expiry_date,
             resource_url: Some("portal.qwen.ai".into()),
+            account: None,
         }
     }
 
@@ -884,6 +885,7 @@ mod tests {
             token_type: text("token_type")?,
             expiry_date: conformance_time(json.get("expiry_date")?, NOW),
             resource_url: text("resource_url"),
+            account: None,
         })
     }
 

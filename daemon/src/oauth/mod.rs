@@ -13,6 +13,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
+use crate::account::AccountId;
 use crate::credentials::Credentials;
 
 mod device;
@@ -130,6 +131,8 @@ pub struct TokenResponse {
     pub token_type: Option<String>,
     pub expires_in_secs: u64,
     pub resource_url: Option<String>,
+    /// The account the answer names (its `id_token`, or a JWT access token).
+    pub account: Option<AccountId>,
 }
 
 impl TokenResponse {
@@ -151,6 +154,10 @@ impl TokenResponse {
         let resource_url = self
             .resource_url
             .or_else(|| previous.and_then(|p| p.resource_url.clone()));
+        // A refresh stays with the account it refreshes; a login names its own or none.
+        let account = self
+            .account
+            .or_else(|| previous.and_then(|p| p.account.clone()));
         let lifetime_ms = i64::try_from(self.expires_in_secs)
             .unwrap_or(i64::MAX)
             .saturating_mul(1000);
@@ -160,6 +167,7 @@ impl TokenResponse {
             token_type,
             expiry_date: now_ms.saturating_add(lifetime_ms),
             resource_url,
+            account,
         }
     }
 }
@@ -491,7 +499,13 @@ fn token_reply(status: u16, body: &[u8], secrets: &[&str]) -> Result<TokenReply,
     let expires_in_secs = seconds_field(&obj, "expires_in")
         .map_err(malformed)?
         .ok_or_else(|| malformed("missing expires_in".into()))?;
+    // Only the account's hash is kept; the id_token itself is dropped here, as Qwen Code
+    // drops it.
+    let account = string_field(&obj, "id_token")
+        .and_then(|t| AccountId::from_jwt(&t))
+        .or_else(|| AccountId::from_jwt(&access_token));
     Ok(TokenReply::Token(TokenResponse {
+        account,
         access_token: SecretString::from(access_token),
         refresh_token: string_field(&obj, "refresh_token").map(SecretString::from),
         token_type: string_field(&obj, "token_type"),

@@ -466,6 +466,7 @@ fn old_creds() -> Credentials {
         token_type: "Bearer".into(),
         expiry_date: NOW - 1000,
         resource_url: Some("portal.qwen.ai".into()),
+        account: None,
     }
 }
 
@@ -605,6 +606,45 @@ async fn an_unreachable_server_is_transient() {
     assert!(OAuthClient::new(OAuthConfig::with_base_url("chat.qwen.ai")).is_err());
 }
 
+#[tokio::test]
+async fn token_answers_name_their_account_by_id_token_or_jwt_access_token() {
+    use crate::account::{AccountId, jwt};
+    let alice = jwt(&serde_json::json!({"iss": "https://chat.qwen.ai", "sub": "alice"}));
+    let bob = jwt(&serde_json::json!({"iss": "https://chat.qwen.ai", "sub": "bob"}));
+    let server = MockServer::start().await;
+    let answer = |access: &str, id_token: Option<&str>| {
+        let mut v =
+            serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600});
+        if let Some(t) = id_token {
+            v["id_token"] = serde_json::json!(t);
+        }
+        Reply::json(200, v)
+    };
+    server.push(TOKEN_PATH, answer("opaque", Some(&alice)));
+    server.push(TOKEN_PATH, answer(&bob, None));
+    server.push(TOKEN_PATH, answer("opaque", None));
+    let c = client(&server);
+    let rt = SecretString::from("rt-old");
+
+    let by_id_token = c.refresh(&rt).await.unwrap();
+    assert_eq!(by_id_token.account, AccountId::from_jwt(&alice));
+    assert!(by_id_token.account.is_some());
+    let by_access = c.refresh(&rt).await.unwrap();
+    assert_eq!(by_access.account, AccountId::from_jwt(&bob));
+    assert_ne!(by_access.account, by_id_token.account);
+
+    // A refresh that names nobody stays with the account it refreshed.
+    let creds = by_id_token.into_credentials(Some(&old_creds()), NOW);
+    let unnamed = c.refresh(&rt).await.unwrap();
+    assert_eq!(unnamed.account, None);
+    let refreshed = unnamed.into_credentials(Some(&creds), NOW);
+    assert_eq!(refreshed.account, AccountId::from_jwt(&alice));
+    assert!(
+        !format!("{refreshed:?}").contains("alice"),
+        "only a hash of the subject is kept"
+    );
+}
+
 #[test]
 fn token_answers_fill_gaps_from_the_previous_credentials() {
     let answer = TokenResponse {
@@ -613,6 +653,7 @@ fn token_answers_fill_gaps_from_the_previous_credentials() {
         token_type: None,
         expires_in_secs: 60,
         resource_url: None,
+        account: None,
     };
     let c = answer.clone().into_credentials(Some(&old_creds()), NOW);
     assert_eq!(c.token_type, "Bearer");

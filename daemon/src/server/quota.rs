@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::auth::client_ctx;
 use crate::auth::{AuthState, AuthType, ClientCtx};
 use crate::clock::SharedClock;
-use crate::config::{OPENAI_ACCOUNT, QWEN_OAUTH_ACCOUNT};
+use crate::config::OPENAI_ACCOUNT;
 use crate::dotenv::{FileCache, Loaded};
 use crate::events::Hub;
 use crate::quota::{Decision, Outcome, Quota, Reason, Snapshot};
@@ -30,12 +30,15 @@ pub struct QuotaService {
     clock: SharedClock,
     hub: Arc<Hub>,
     selection: Arc<Selections>,
+    /// The `openai` account key, allocated once.
+    openai: Arc<str>,
 }
 
 impl QuotaService {
     pub fn new(quota: Arc<Quota>, auth: Arc<AuthState>, clock: SharedClock, hub: Arc<Hub>) -> Self {
         Self {
             selection: Arc::new(Selections::new(auth.settings_path())),
+            openai: Arc::from(OPENAI_ACCOUNT),
             quota,
             auth,
             clock,
@@ -53,18 +56,19 @@ impl QuotaService {
     }
 
     /// The account whose counters apply: the caller's method (Qwen OAuth when none is
-    /// configured: that is the tier with a quota).
+    /// configured: that is the tier with a quota), and for Qwen OAuth the account logged in
+    /// (see [`crate::account`]).
     ///
     /// Inline rather than on the blocking pool: with warm caches this is a few `stat`s,
     /// and the thread hop would cost more than the work on the permit hot path.
-    async fn account(&self, ctx: ClientCtx) -> Result<&'static str, Status> {
+    async fn account(&self, ctx: ClientCtx) -> Result<Arc<str>, Status> {
         let method = match self.selection.explicit(&ctx.cwd) {
             Some(method) => Some(method),
             None => self.auth.selected_for(&ctx),
         };
         Ok(match method {
-            Some(AuthType::OpenAi) => OPENAI_ACCOUNT,
-            _ => QWEN_OAUTH_ACCOUNT,
+            Some(AuthType::OpenAi) => self.openai.clone(),
+            _ => self.auth.oauth_account(),
         })
     }
 
@@ -190,7 +194,7 @@ impl QuotaRpc for QuotaService {
         let deadline = self.clock.now_ms() + req.wait_ms.min(MAX_WAIT_MS) as i64;
         let decision = self
             .quota
-            .acquire_wait(account, deadline)
+            .acquire_wait(&account, deadline)
             .await
             .map_err(|e| Status::unavailable(format!("quota ledger: {e}")))?;
         let (granted, retry_after_ms, reason) = match decision {
@@ -200,7 +204,7 @@ impl QuotaRpc for QuotaService {
                 reason,
             } => (false, retry_after_ms, reason_name(reason).to_string()),
         };
-        let quota = self.status(account);
+        let quota = self.status(&account);
         if granted {
             self.announce(&quota);
         }
@@ -228,10 +232,10 @@ impl QuotaRpc for QuotaService {
             Outcome::Success
         };
         if outcome != Outcome::Success {
-            tracing::info!(account, ?outcome, "upstream limit reported");
+            tracing::info!(%account, ?outcome, "upstream limit reported");
         }
-        self.quota.report_outcome(account, outcome);
-        let quota = self.status(account);
+        self.quota.report_outcome(&account, outcome);
+        let quota = self.status(&account);
         if outcome != Outcome::Success {
             self.announce(&quota);
         }
@@ -243,7 +247,7 @@ impl QuotaRpc for QuotaService {
         req: Request<GetQuotaRequest>,
     ) -> Result<Response<api::QuotaStatus>, Status> {
         let account = self.account(client_ctx(req.into_inner().client)).await?;
-        Ok(Response::new(self.status(account)))
+        Ok(Response::new(self.status(&account)))
     }
 }
 

@@ -7,6 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::account::AccountId;
 use crate::credentials::Credentials;
 
 /// Anything bigger is not a credential file; refusing it bounds memory on a bad path.
@@ -171,6 +172,7 @@ fn extract(value: &mut Value) -> Result<Credentials, DecodeError> {
         _ => None,
     };
     Ok(Credentials {
+        account: AccountId::from_jwt(access_token.expose_secret()),
         access_token,
         refresh_token,
         token_type,
@@ -232,6 +234,7 @@ mod tests {
             token_type: "Bearer".into(),
             expiry_date: 1_700_000_000_123,
             resource_url: resource.map(String::from),
+            account: None,
         }
     }
 
@@ -340,6 +343,27 @@ mod tests {
         assert_eq!((c.expiry_date, c.resource_url), (-1, None));
         let big = vec![b' '; MAX_FILE_BYTES + 1];
         assert!(matches!(decode(&big), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_jwt_access_token_names_the_account_and_nothing_else_is_written() {
+        let token = crate::account::jwt(&serde_json::json!({"sub": "alice"}));
+        let mut c = creds(None);
+        c.access_token = SecretString::from(token.clone());
+        c.account = None;
+        let text = text(QwenLayout::Login, &c);
+        let back = decode(text.as_bytes()).unwrap();
+        assert_eq!(back.account, crate::account::AccountId::from_jwt(&token));
+        assert!(back.account.is_some());
+        assert_eq!(
+            decode(&encode(&creds(None), QwenLayout::Login))
+                .unwrap()
+                .account,
+            None
+        );
+        // Knowing the account adds nothing to Qwen Code's file.
+        c.account = back.account.clone();
+        assert_eq!(encode(&c, QwenLayout::Login).as_slice(), text.as_bytes());
     }
 
     #[test]

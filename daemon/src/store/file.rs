@@ -110,6 +110,7 @@ mod tests {
             token_type: "Bearer".into(),
             expiry_date: 1_000 + generation,
             resource_url: Some("portal.qwen.ai".into()),
+            account: None,
         }
     }
 

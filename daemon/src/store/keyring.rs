@@ -444,6 +444,7 @@ mod tests {
             token_type: "Bearer".into(),
             expiry_date: 42,
             resource_url: None,
+            account: None,
         }
     }
 

@@ -23,7 +23,7 @@ use crate::credentials::Credentials;
 
 mod codec;
 mod file;
-mod fsutil;
+pub(crate) mod fsutil;
 mod keyring;
 mod lock;
 mod persistence;
@@ -385,6 +385,7 @@ mod tests {
             token_type: "Bearer".into(),
             expiry_date: expiry,
             resource_url: Some("portal.qwen.ai".into()),
+            account: None,
         }
     }
 

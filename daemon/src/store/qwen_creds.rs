@@ -269,6 +269,7 @@ mod tests {
             token_type: "Bearer".into(),
             expiry_date: expiry,
             resource_url: Some("portal.qwen.ai".into()),
+            account: None,
         }
     }
 
