@@ -385,10 +385,7 @@ impl AuthState {
     pub fn select_after_login(&self) -> Result<bool, AuthError> {
         let user = self.settings_file(&self.settings_path())?;
         let docs: Vec<Value> = user.into_iter().collect();
-        let explicit = Self::setting(&docs, &["security", "auth", "selectedType"])
-            .or_else(|| Self::setting(&docs, &["selectedAuthType"]))
-            .and_then(Value::as_str)
-            .and_then(AuthType::parse);
+        let explicit = explicit_method(docs.iter().map(selection_keys));
         if explicit.is_some() {
             return Ok(false);
         }
@@ -535,10 +532,7 @@ impl AuthState {
     /// `selectedAuthType`); with none, inferred from the environment as the seed says:
     /// `QWEN_OAUTH` → qwen-oauth, an `OPENAI_API_KEY` (environment or `.env`) → openai.
     pub fn selected(&self, ctx: &ClientCtx, docs: &[Value]) -> Option<AuthType> {
-        let explicit = Self::setting(docs, &["security", "auth", "selectedType"])
-            .or_else(|| Self::setting(docs, &["selectedAuthType"]))
-            .and_then(Value::as_str)
-            .and_then(AuthType::parse);
+        let explicit = explicit_method(docs.iter().rev().map(selection_keys));
         if explicit.is_some() {
             return explicit;
         }
@@ -706,6 +700,32 @@ impl AuthState {
         }
         Ok(rt.persistence.take_clear_report().unwrap_or_default())
     }
+}
+
+/// A settings document's two keys that name the method: `security.auth.selectedType` and
+/// the older top-level `selectedAuthType`.
+pub fn selection_keys(doc: &Value) -> (Option<&Value>, Option<&Value>) {
+    (
+        qwen_settings::get(doc, &["security", "auth", "selectedType"]),
+        qwen_settings::get(doc, &["selectedAuthType"]),
+    )
+}
+
+/// The method the settings select. `keys` gives each document's [`selection_keys`], the
+/// workspace's before the user's. As in Qwen Code the presence of a key, not its validity,
+/// decides which value counts: a workspace `selectedType` hides the user's, and any
+/// `selectedType` hides every `selectedAuthType`.
+pub fn explicit_method<'a>(
+    keys: impl Iterator<Item = (Option<&'a Value>, Option<&'a Value>)> + Clone,
+) -> Option<AuthType> {
+    keys.clone()
+        .find_map(|(selected_type, _)| selected_type)
+        .or_else(|| {
+            keys.clone()
+                .find_map(|(_, selected_auth_type)| selected_auth_type)
+        })
+        .and_then(Value::as_str)
+        .and_then(AuthType::parse)
 }
 
 /// The refresh grant through an HTTP client built on the first refresh.

@@ -112,10 +112,10 @@ impl Selections {
     fn keys(&self, path: &Path) -> Result<Option<Arc<Option<SelectionKeys>>>, ()> {
         let loaded = self.files.get(path, |bytes| {
             let doc = crate::qwen_settings::parse(path, &String::from_utf8_lossy(bytes)).ok()?;
-            let key = |p: &[&str]| crate::qwen_settings::get(&doc, p).cloned();
+            let (selected_type, selected_auth_type) = crate::auth::selection_keys(&doc);
             Some(SelectionKeys {
-                selected_type: key(&["security", "auth", "selectedType"]),
-                selected_auth_type: key(&["selectedAuthType"]),
+                selected_type: selected_type.cloned(),
+                selected_auth_type: selected_auth_type.cloned(),
             })
         });
         match loaded {
@@ -141,15 +141,12 @@ impl Selections {
         } else {
             self.keys(&ws_path).ok()?
         };
-        // Same precedence as `AuthState::selected`: the workspace overrides the user, and
-        // the key's presence (not its validity) decides which value is looked at.
         let docs = [ws.as_deref(), user.as_deref()];
-        let docs = docs.iter().filter_map(|d| d.and_then(Option::as_ref));
-        let pick = |f: fn(&SelectionKeys) -> Option<&Value>| docs.clone().find_map(f);
-        pick(|k| k.selected_type.as_ref())
-            .or_else(|| pick(|k| k.selected_auth_type.as_ref()))
-            .and_then(Value::as_str)
-            .and_then(AuthType::parse)
+        crate::auth::explicit_method(
+            docs.iter()
+                .filter_map(|d| d.and_then(Option::as_ref))
+                .map(|k| (k.selected_type.as_ref(), k.selected_auth_type.as_ref())),
+        )
     }
 }
 
