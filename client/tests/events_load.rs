@@ -1,4 +1,5 @@
-//! Watch under load: 100 subscribers that never read, a burst of 10,000 events.
+//! The socket under load: 100 Watch subscribers that never read and a burst of 10,000
+//! events; thousands of concurrent calls multiplexed on one connection.
 mod common;
 #[path = "../benches/support/permits.rs"]
 mod permits;
@@ -63,4 +64,44 @@ async fn a_hundred_idle_subscribers_and_ten_thousand_events_stay_bounded() {
         "daemon RSS grew from {before} KiB to {after} KiB"
     );
     drop(idle);
+}
+
+/// An editor plugin keeps one channel and may fire thousands of calls at once: every one is
+/// answered (h2 used to close such a connection with GOAWAY `too_many_data_frames`; the
+/// daemon now bounds open streams per connection and the client queues the rest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_with_five_thousand_concurrent_calls_gets_every_answer() {
+    const CALLS: usize = 5_000;
+    let env = TestEnv::new().with_var("QWEND_QUOTA_PER_MINUTE", "7");
+    assert!(env.qwen(&["daemon", "status"]).status.success());
+    let ctx = ClientContext {
+        cwd: env.home.display().to_string(),
+        env: [("HOME".to_string(), env.home.display().to_string())].into(),
+    };
+    let ch = qwend_shared::transport::connect(&env.socket).await.unwrap();
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let mut client = QuotaClient::new(ch.clone());
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                client
+                    .get_quota(GetQuotaRequest { client: Some(ctx) })
+                    .await
+                    .map(|r| r.into_inner().minute.and_then(|w| w.limit))
+            })
+        })
+        .collect();
+    let mut answers = 0;
+    let mut failures = std::collections::BTreeMap::<String, usize>::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(limit) => {
+                assert_eq!(limit, Some(7));
+                answers += 1;
+            }
+            Err(e) => *failures.entry(e.message().to_string()).or_default() += 1,
+        }
+    }
+    assert!(failures.is_empty(), "failed calls: {failures:?}");
+    assert_eq!(answers, CALLS);
 }

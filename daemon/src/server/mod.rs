@@ -80,6 +80,7 @@ pub async fn serve(
     let events = EventsService::new(state.hub.clone());
     let incoming = UnixListenerStream::new(listener).map(move |s| s.map(|s| connections.track(s)));
     tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(tonic::service::InterceptorLayer::new(check_peer))
         .add_service(health)
         .add_service(reflection)
@@ -92,6 +93,15 @@ pub async fn serve(
         .await?;
     Ok(())
 }
+
+/// Streams one connection may have open at once; a client queues the rest itself.
+///
+/// tonic leaves this unbounded, and h2 then closes a connection that multiplexes a few
+/// thousand concurrent calls (GOAWAY `too_many_data_frames`): every request's small DATA
+/// frame is charged up to 256 bytes against a per-connection budget of half the 1 MiB
+/// window until its handler reads it. 1,024 open streams stay within that budget, so an
+/// editor plugin sending any number of calls over one channel gets them all answered.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
