@@ -298,10 +298,8 @@ fn the_browser_opens_only_on_a_local_desktop() {
     )
     .unwrap();
     std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let run = |extra: &[(&str, &str)], args: &[&str]| {
+    let start = |extra: &[(&str, &str)], args: &[&str]| {
         s.mock.push(DEVICE_PATH, Reply::device_code(600, Some(1)));
-        s.mock
-            .push(TOKEN_PATH, Reply::oauth_error(400, "access_denied"));
         let mut all = vec!["auth", "login"];
         all.extend_from_slice(args);
         let mut cmd = s.env.qwen_cmd(&all);
@@ -309,19 +307,31 @@ fn the_browser_opens_only_on_a_local_desktop() {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let mut p = pty::spawn(cmd);
-        pty::rest(&mut p)
+        pty::spawn(cmd)
+    };
+    let deny = || {
+        s.mock
+            .push(TOKEN_PATH, Reply::oauth_error(400, "access_denied"))
     };
 
     // Over SSH, or when asked not to: never.
-    run(&[("SSH_CONNECTION", "10.0.0.1 5 10.0.0.2 22")], &[]);
-    run(&[], &["--no-browser"]);
+    deny();
+    pty::rest(&mut start(
+        &[("SSH_CONNECTION", "10.0.0.1 5 10.0.0.2 22")],
+        &[],
+    ));
+    deny();
+    pty::rest(&mut start(&[], &["--no-browser"]));
     assert!(!opened.exists(), "a browser was opened");
 
-    // A local desktop: the complete URL, code included. The denial ends the flow only
-    // after the prompt (and so the browser) was handled.
-    run(&[], &[]);
+    // A local desktop: the complete URL, code included. The flow stays pending until the
+    // browser has written it: a client that ended first would take the launcher down with
+    // its terminal session.
+    s.mock.set_default(TOKEN_PATH, Reply::pending());
+    let mut p = start(&[], &[]);
     let url = wait_for_file(&opened, |url| !url.is_empty());
+    deny();
+    pty::rest(&mut p);
     assert_eq!(
         url,
         "https://chat.qwen.ai/authorize?user_code=ABCD-EFGH&client=qwen-code"
