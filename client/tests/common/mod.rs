@@ -33,6 +33,26 @@ pub fn qwend_bin() -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "qwend", "--bin", "qwend"]);
+        // What cargo sets for this test process is no input of the build, but build
+        // scripts watch some of it (ring: CARGO_MANIFEST_DIR): passed on, every build from a
+        // shell and from a test would invalidate the other's.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let set_for_tests = ["CARGO_PKG_", "CARGO_BIN_EXE_", "CARGO_MANIFEST_"]
+                .iter()
+                .any(|p| key.starts_with(p))
+                || matches!(
+                    &*key,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                );
+            if set_for_tests {
+                cmd.env_remove(&*key);
+            }
+        }
         if p.parent().and_then(|d| d.file_name()) == Some("release".as_ref()) {
             cmd.arg("--release");
         }
