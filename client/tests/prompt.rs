@@ -196,6 +196,105 @@ fn the_prompt_comes_from_arguments_or_stdin() {
 }
 
 #[test]
+fn a_typed_command_is_a_usage_error_and_nothing_is_sent() {
+    let env = TestEnv::new();
+    let mock = OpenAiMock::start();
+    // No daemon yet: a typed command must not even start one.
+    let out = run(&env, &openai(&mock), &["login"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("did you mean: qwen auth login"), "{err}");
+    assert!(err.contains("qwen -p"), "says how to send it anyway: {err}");
+    assert!(out.stdout.is_empty());
+    assert!(!env.socket.exists(), "no daemon was started");
+
+    start_daemon(&env, &[]);
+    for (word, meant) in [
+        ("logout", "qwen auth logout"),
+        ("status", "qwen auth status"),
+        ("token", "qwen auth token"),
+        ("switch", "qwen auth switch"),
+        ("statuss", "qwen auth status"),
+        ("quot", "qwen quota"),
+    ] {
+        let out = run(&env, &openai(&mock), &[word]);
+        assert_eq!(out.status.code(), Some(2), "{word}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("did you mean: {meant}")), "{err}");
+    }
+    assert!(mock.requests().is_empty(), "nothing reached the model");
+    let q = run(&env, &openai(&mock), &["quota", "--json"]);
+    let q: Value = serde_json::from_slice(&q.stdout).unwrap();
+    assert_eq!(q["minute"]["used"], 0, "no quota spent: {q}");
+
+    // -p sends any text; so do several words and an ordinary word.
+    for args in [&["-p", "status"][..], &["status", "please"], &["hello"]] {
+        let out = run(&env, &openai(&mock), args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    let sent: Vec<Value> = mock
+        .requests()
+        .iter()
+        .map(|r| r.body["messages"][0]["content"].clone())
+        .collect();
+    assert_eq!(sent, ["status", "status please", "hello"]);
+}
+
+#[test]
+fn piped_input_follows_the_prompt_after_a_blank_line() {
+    use std::io::Write;
+    let env = TestEnv::new();
+    let mock = OpenAiMock::start();
+    let send = |args: &[&str], input: &[u8]| {
+        let mut child = env
+            .qwen_cmd(args)
+            .current_dir(&env.home)
+            .envs(openai(&mock))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    };
+    send(&["-p", "review this"], b"diff --git a/x b/x\n+new line\n");
+    send(&["review", "this"], b"diff\n");
+    // Empty piped input (or /dev/null) leaves the prompt alone.
+    send(&["-p", "just this"], b"");
+    let sent: Vec<Value> = mock
+        .requests()
+        .iter()
+        .map(|r| r.body["messages"][0]["content"].clone())
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            "review this\n\ndiff --git a/x b/x\n+new line\n",
+            "review this\n\ndiff\n",
+            "just this"
+        ]
+    );
+
+    // A pipe nobody writes to or closes (an editor's) does not hold the prompt up.
+    let mut child = env
+        .qwen_cmd(&["-p", "alone"])
+        .current_dir(&env.home)
+        .envs(openai(&mock))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let open_stdin = child.stdin.take().unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(open_stdin);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mock.requests()[3].body["messages"][0]["content"], "alone");
+}
+
+#[test]
 fn a_401_gets_credentials_again_and_one_retry() {
     let env = TestEnv::new();
     let mock = OpenAiMock::start();

@@ -19,6 +19,10 @@ use crate::term;
 const MAX_RATE_LIMITED: u32 = 5;
 
 pub async fn run(args: PromptArgs, as_json: bool) -> Result<ExitCode, ClientError> {
+    // Before anything else: a typed command must not start a daemon or spend a request.
+    if let Some(msg) = typed_command_refusal(&args) {
+        return Err(ClientError::Usage(msg));
+    }
     let Some(prompt) = collect_prompt(&args)? else {
         return no_prompt().await;
     };
@@ -113,30 +117,155 @@ pub async fn run(args: PromptArgs, as_json: bool) -> Result<ExitCode, ClientErro
     }
 }
 
-/// `-p`, else the words, else stdin when it is not a terminal. `None`: no prompt at all.
+/// `-p`, else the words, else stdin when it is not a terminal. A prompt given with `-p` or
+/// as words is followed by piped stdin (a blank line between): `git diff | qwen -p review`.
+/// `None`: no prompt at all.
 fn collect_prompt(args: &PromptArgs) -> Result<Option<String>, ClientError> {
-    let text = if let Some(p) = &args.prompt {
+    let given = if let Some(p) = &args.prompt {
         if !args.words.is_empty() {
             return Err(ClientError::Usage(
                 "give the prompt either with -p or as arguments, not both".into(),
             ));
         }
-        p.clone()
+        Some(p.clone())
     } else if !args.words.is_empty() {
-        args.words.join(" ")
-    } else if !std::io::stdin().is_terminal() {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| ClientError::Usage(format!("cannot read the prompt from stdin: {e}")))?;
-        s
+        Some(args.words.join(" "))
     } else {
-        return Ok(None);
+        None
+    };
+    let piped = !std::io::stdin().is_terminal();
+    let text = match given {
+        Some(p) if p.trim().is_empty() => p,
+        Some(p) if piped => match read_piped()? {
+            Some(input) if !input.trim().is_empty() => format!("{p}\n\n{input}"),
+            _ => p,
+        },
+        Some(p) => p,
+        None if piped => read_stdin()?,
+        None => return Ok(None),
     };
     if text.trim().is_empty() {
         return Err(ClientError::Usage("the prompt is empty".into()));
     }
     Ok(Some(text))
+}
+
+fn read_stdin() -> Result<String, ClientError> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| ClientError::Usage(format!("cannot read the prompt from stdin: {e}")))?;
+    Ok(s)
+}
+
+/// How long a prompt given as arguments waits for the first byte (or the end) of a stdin
+/// that is not a terminal. Qwen Code waits 500 ms too: editors and job runners often start
+/// `qwen -p` with a pipe they never write to nor close, which must not hang the prompt.
+/// Once anything arrives, stdin is read to its end however slow the writer is.
+const PIPED_FIRST_BYTE_MS: i64 = 500;
+
+/// Piped input to go with a prompt; `None` when nothing arrives in time.
+#[cfg(unix)]
+fn read_piped() -> Result<Option<String>, ClientError> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let stdin = std::io::stdin();
+    let timeout = Timespec {
+        tv_sec: 0,
+        tv_nsec: PIPED_FIRST_BYTE_MS * 1_000_000,
+    };
+    let mut fds = [PollFd::new(&stdin, PollFlags::IN)];
+    loop {
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(0) => return Ok(None),
+            Ok(_) if fds[0].revents().contains(PollFlags::NVAL) => return Ok(None),
+            Ok(_) => return read_stdin().map(Some),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                return Err(ClientError::Usage(format!("cannot read stdin: {e}")));
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn read_piped() -> Result<Option<String>, ClientError> {
+    read_stdin().map(Some)
+}
+
+/// Commands people type at the shell without their group (`qwen login`, `qwen status`) and
+/// near misses of any command name (`qwen statuss`). Given as a one-word prompt they would
+/// go to the model and spend a request; almost nobody means that, so they are a usage
+/// error with the command meant. `-p` sends any text. The names come from the clap
+/// definition, so a new subcommand is covered without a list to keep; `strsim` measures
+/// the misses (clap keeps its own suggestion code private).
+fn typed_command_refusal(args: &PromptArgs) -> Option<String> {
+    if args.prompt.is_some() {
+        return None;
+    }
+    let [word] = args.words.as_slice() else {
+        return None;
+    };
+    let suggestion = typed_command(word)?;
+    Some(format!(
+        "{word:?} is not sent to the model as a prompt: it looks like a command\n  did you mean: {suggestion}\n  to send it as a prompt: qwen -p {word:?}"
+    ))
+}
+
+/// Words that are commands elsewhere, meant here (the first holder of a name wins: `status`
+/// is `qwen auth status`, not `qwen daemon status`).
+const ALIASES: [(&str, &str); 3] = [
+    ("whoami", "qwen auth status"),
+    ("help", "qwen --help"),
+    ("version", "qwen --version"),
+];
+
+/// The command a word most likely meant, if it is one.
+pub(crate) fn typed_command(word: &str) -> Option<String> {
+    use clap::CommandFactory;
+    if word.len() < 2 || !word.chars().all(|c| c.is_ascii_alphabetic() || c == '-') {
+        return None;
+    }
+    let word = word.to_ascii_lowercase();
+    let cli = crate::cli::Cli::command();
+    let mut names: Vec<(String, String)> = Vec::new();
+    let mut add = |name: &str, command: String| {
+        if !names.iter().any(|(n, _)| n == name) {
+            names.push((name.to_string(), command));
+        }
+    };
+    let visible = || cli.get_subcommands().filter(|c| !c.is_hide_set());
+    for top in visible() {
+        add(top.get_name(), format!("qwen {}", top.get_name()));
+    }
+    for top in visible() {
+        for sub in top.get_subcommands().filter(|c| !c.is_hide_set()) {
+            add(
+                sub.get_name(),
+                format!("qwen {} {}", top.get_name(), sub.get_name()),
+            );
+        }
+    }
+    for (name, command) in ALIASES {
+        add(name, command.to_string());
+    }
+    names
+        .into_iter()
+        .filter_map(|(name, command)| {
+            let d = strsim::damerau_levenshtein(&word, &name);
+            (d <= near_miss_distance(&name)).then_some((d, command))
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, command)| command)
+}
+
+/// How far a word may be from a command name to count as a miss of it: none for short
+/// names (`man`, `env`: `map` and `eve` are words), one for most, two for long ones.
+fn near_miss_distance(name: &str) -> usize {
+    match name.len() {
+        0..=3 => 0,
+        4..=6 => 1,
+        _ => 2,
+    }
 }
 
 /// Bare `qwen` on a terminal: set up authentication when nothing is configured (Qwen
@@ -252,6 +381,53 @@ impl Output {
         match self.error.take() {
             Some(e) => Err(ClientError::Output(e.to_string())),
             None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::typed_command;
+
+    #[test]
+    fn verbs_and_near_misses_name_the_command() {
+        for (word, meant) in [
+            ("login", "qwen auth login"),
+            ("logout", "qwen auth logout"),
+            ("status", "qwen auth status"),
+            ("statuss", "qwen auth status"),
+            ("Status", "qwen auth status"),
+            ("stauts", "qwen auth status"),
+            ("token", "qwen auth token"),
+            ("switch", "qwen auth switch"),
+            ("whoami", "qwen auth status"),
+            ("quot", "qwen quota"),
+            ("deamon", "qwen daemon"),
+            ("completion", "qwen completions"),
+            ("stop", "qwen daemon stop"),
+            ("install", "qwen daemon install"),
+        ] {
+            assert_eq!(typed_command(word).as_deref(), Some(meant), "{word}");
+        }
+    }
+
+    #[test]
+    fn ordinary_words_are_prompts() {
+        for word in [
+            "hi",
+            "hello",
+            "why",
+            "explain",
+            "map",
+            "eve",
+            "summarize",
+            "2+2",
+            "what?",
+            "x",
+            "translate",
+            "refactor",
+        ] {
+            assert_eq!(typed_command(word), None, "{word}");
         }
     }
 }
