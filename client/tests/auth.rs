@@ -32,6 +32,18 @@ fn json(env: &TestEnv, args: &[&str], cwd: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `qwen auth status --json`: the exit code and the document (printed whatever the code).
+fn status(env: &TestEnv, cwd: &Path) -> (Option<i32>, Value) {
+    let out = env
+        .qwen_cmd(&["auth", "status", "--json"])
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stderr)));
+    (out.status.code(), v)
+}
+
 #[test]
 fn qwen_code_credentials_are_used_without_any_login() {
     let env = TestEnv::new();
@@ -164,7 +176,8 @@ fn logout_forgets_everywhere_and_status_says_logged_out() {
         "{v}"
     );
     assert!(!env.home.join(".qwen/oauth_creds.json").exists());
-    let v = json(&env, &["auth", "status", "--json"], &env.home);
+    let (code, v) = status(&env, &env.home);
+    assert_eq!(code, Some(3), "{v}");
     assert_eq!(v["logged_in"], false);
     assert_eq!(v["expires_at"], Value::Null);
 }
@@ -178,11 +191,145 @@ fn a_login_made_with_qwen_code_while_the_daemon_runs_is_picked_up() {
         r#"{"security": {"auth": {"selectedType": "qwen-oauth"}}}"#,
     )
     .unwrap();
-    assert_eq!(
-        json(&env, &["auth", "status", "--json"], &env.home)["logged_in"],
-        false
-    );
+    assert_eq!(status(&env, &env.home).1["logged_in"], false);
     write_qwen_creds(&env.home, now_ms() + 7_200_000);
     let v = json(&env, &["auth", "status", "--json"], &env.home);
     assert_eq!(v["logged_in"], true);
+}
+
+#[test]
+fn status_exits_3_when_the_selected_method_cannot_authenticate() {
+    let env = TestEnv::new();
+    let proj = env.root.path().join("proj");
+    let elsewhere = env.root.path().join("elsewhere");
+    std::fs::create_dir_all(proj.join(".qwen")).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(env.home.join(".qwen")).unwrap();
+
+    // Nothing configured.
+    let (code, v) = status(&env, &proj);
+    assert_eq!(code, Some(3), "{v}");
+    assert_eq!(v["usable"], false);
+    assert!(
+        v["reason"].as_str().unwrap().contains("qwen auth login"),
+        "{v}"
+    );
+
+    // Qwen OAuth selected, not logged in; then logged in.
+    std::fs::write(
+        env.home.join(".qwen/settings.json"),
+        r#"{"security": {"auth": {"selectedType": "qwen-oauth"}}}"#,
+    )
+    .unwrap();
+    let (code, v) = status(&env, &proj);
+    assert_eq!(code, Some(3), "{v}");
+    assert_eq!(
+        (v["auth_type"].as_str(), &v["usable"]),
+        (Some("qwen-oauth"), &Value::Bool(false))
+    );
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not logged in") && reason.contains("qwen auth login"),
+        "{reason}"
+    );
+    let out = env
+        .qwen_cmd(&["auth", "status"])
+        .current_dir(&proj)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stdout).contains("logged in  no"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("cannot authenticate"),
+        "{}",
+        text(&out.stderr)
+    );
+    write_qwen_creds(&env.home, now_ms() + 3_600_000);
+    let (code, v) = status(&env, &proj);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(
+        (&v["usable"], &v["reason"]),
+        (&Value::Bool(true), &Value::Null)
+    );
+
+    // openai: usable where a key resolves, not elsewhere.
+    std::fs::write(proj.join(".qwen/.env"), "OPENAI_API_KEY=sk-proj\n").unwrap();
+    let out = env
+        .qwen_cmd(&["auth", "switch", "openai"])
+        .current_dir(&proj)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("openai works here; elsewhere it needs OPENAI_API_KEY"),
+        "{said}"
+    );
+    let (code, v) = status(&env, &proj);
+    assert_eq!((code, &v["usable"]), (Some(0), &Value::Bool(true)), "{v}");
+    let (code, v) = status(&env, &elsewhere);
+    assert_eq!(code, Some(3), "{v}");
+    assert_eq!(
+        (v["auth_type"].as_str(), &v["usable"]),
+        (Some("openai"), &Value::Bool(false))
+    );
+    assert!(
+        v["reason"].as_str().unwrap().contains("OPENAI_API_KEY"),
+        "{v}"
+    );
+    // The same key in the environment makes it usable there too.
+    let out = env
+        .qwen_cmd(&["auth", "status", "--json"])
+        .env("OPENAI_API_KEY", "sk-env")
+        .current_dir(&elsewhere)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn logout_names_the_places_in_words() {
+    let env = TestEnv::new();
+    write_qwen_creds(&env.home, now_ms() + 3_600_000);
+    std::fs::write(
+        env.home.join(".qwen/settings.json"),
+        r#"{"security": {"auth": {"selectedType": "qwen-oauth"}}}"#,
+    )
+    .unwrap();
+    assert_eq!(status(&env, &env.home).0, Some(0), "imported and usable");
+    let out = env
+        .qwen_cmd(&["auth", "logout"])
+        .current_dir(&env.home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    let qwen_file = env.home.join(".qwen/oauth_creds.json");
+    assert!(
+        said.contains(&format!(
+            "Qwen Code's oauth_creds.json ({})",
+            qwen_file.display()
+        )),
+        "{said}"
+    );
+    assert!(said.contains("qwend's credentials file ("), "{said}");
+    assert!(
+        said.contains(&env.state.join("credentials").display().to_string()),
+        "{said}"
+    );
+    assert!(!said.contains("qwen-code-file"), "{said}");
+    let out = env
+        .qwen_cmd(&["auth", "logout"])
+        .current_dir(&env.home)
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).contains("you are logged out"),
+        "{}",
+        text(&out.stdout)
+    );
 }

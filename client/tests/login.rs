@@ -40,7 +40,12 @@ impl Setup {
 
 fn status_json(env: &TestEnv) -> Value {
     let out = env.qwen(&["auth", "status", "--json"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    // 3: the selected method cannot authenticate (not logged in); the document is printed.
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}",
+        text(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

@@ -499,6 +499,63 @@ fn without_a_terminal_and_nothing_configured_it_says_what_to_set() {
 }
 
 #[test]
+fn oauth_selected_without_a_login_names_the_switch_not_the_variable() {
+    let env = TestEnv::new();
+    let mock = OpenAiMock::start();
+    std::fs::create_dir_all(env.home.join(".qwen")).unwrap();
+    std::fs::write(
+        env.home.join(".qwen/settings.json"),
+        r#"{"security":{"auth":{"selectedType":"qwen-oauth"}}}"#,
+    )
+    .unwrap();
+    let out = run(&env, &openai(&mock), &["-p", "hi"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    for needle in [
+        "Qwen OAuth is the selected auth method",
+        "qwen auth switch openai",
+        "qwen auth login",
+        "OPENAI_API_KEY set here",
+    ] {
+        assert!(err.contains(needle), "{needle} missing: {err}");
+    }
+    assert!(!err.contains(KEY));
+    // Without a key anywhere it says to set one and switch.
+    let out = run(&env, &[], &["-p", "hi"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("set OPENAI_API_KEY") && err.contains("qwen auth switch openai"),
+        "{err}"
+    );
+    // `qwen auth token` gives the same next steps.
+    let out = run(&env, &openai(&mock), &["auth", "token"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("qwen auth login") && err.contains("qwen auth switch openai"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert!(mock.requests().is_empty());
+
+    // openai selected where no key resolves: the key and the files, no talk of browsers.
+    std::fs::write(
+        env.home.join(".qwen/settings.json"),
+        r#"{"security":{"auth":{"selectedType":"openai"}}}"#,
+    )
+    .unwrap();
+    let out = run(&env, &[], &["-p", "hi"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("OPENAI_API_KEY") && err.contains(".qwen/.env"),
+        "{err}"
+    );
+    assert!(!err.contains("browser"), "{err}");
+}
+
+#[test]
 fn qwen_oauth_uses_the_stored_token_the_portal_base_and_the_quota() {
     let env = TestEnv::new();
     let mock = OpenAiMock::start();
@@ -544,7 +601,13 @@ fn auth_token_prints_the_token_and_nothing_else() {
     let out = run(&env, &[], &["auth", "token"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(out.stdout.is_empty());
-    assert!(text(&out.stderr).contains("OPENAI_API_KEY"));
+    let err = text(&out.stderr);
+    assert!(err.contains("no token to print"), "{err}");
+    assert!(
+        err.contains("OPENAI_API_KEY") && err.contains("qwen auth login"),
+        "{err}"
+    );
+    assert!(err.contains("qwen auth status"), "the next step: {err}");
 
     write_oauth(&env, &mock);
     let out = run(&env, &[], &["auth", "token"]);

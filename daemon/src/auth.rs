@@ -691,6 +691,28 @@ impl AuthState {
         })
     }
 
+    /// Where a logout target keeps the credentials, in words for people.
+    pub fn describe_place(&self, target: crate::store::LogoutTarget) -> String {
+        use crate::store::LogoutTarget;
+        match target {
+            LogoutTarget::Keyring => "the OS keyring".to_string(),
+            LogoutTarget::File => {
+                let dir = Self::own_dir(self.state_dir.as_deref(), &self.qwen_home);
+                let path = match self.stores() {
+                    Ok(s) => s.file_store().path().to_path_buf(),
+                    Err(_) => dir.join("credentials"),
+                };
+                format!("qwend's credentials file ({})", path.display())
+            }
+            LogoutTarget::QwenCodeFile => {
+                format!(
+                    "Qwen Code's oauth_creds.json ({})",
+                    self.qwen_file.path().display()
+                )
+            }
+        }
+    }
+
     /// Forgets the Qwen OAuth login everywhere (keyring, our file, Qwen Code's file).
     pub async fn logout(self: &Arc<Self>) -> Result<LogoutReport, AuthError> {
         let rt = self.fresh_runtime().await?;

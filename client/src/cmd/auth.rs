@@ -33,6 +33,12 @@ pub async fn run(action: AuthAction, as_json: bool) -> Result<ExitCode, ClientEr
                 .await?
                 .into_inner();
             print_status(&st, as_json).await?;
+            // Like `gh auth status`: scripts can test whether a prompt would authenticate.
+            if unusable_reason(&st).is_some() {
+                return Err(ClientError::Exit(ExitCode::from(
+                    crate::error::code::AUTH_NEEDED,
+                )));
+            }
         }
         AuthAction::Switch { method } => {
             let method = match method {
@@ -61,24 +67,39 @@ pub async fn run(action: AuthAction, as_json: bool) -> Result<ExitCode, ClientEr
                 if st.auth_type() == AuthType::QwenOauth && !st.logged_in {
                     println!("not logged in yet: run `qwen auth login`");
                 }
+                // Checked against this folder only; the method applies in every folder.
+                if st.auth_type() == AuthType::Openai {
+                    println!(
+                        "openai works here; elsewhere it needs OPENAI_API_KEY (in the environment or a .env file that applies there)"
+                    );
+                }
             }
         }
         AuthAction::Token => return super::token::run(as_json).await,
         AuthAction::Logout => {
             let r = client.logout(LogoutRequest {}).await?.into_inner();
             if as_json {
-                println!("{}", json!({"removed": r.removed, "failed": r.failed}));
+                println!(
+                    "{}",
+                    json!({"removed": r.removed, "removed_from": r.removed_from, "failed": r.failed})
+                );
             } else if r.removed.is_empty() {
                 println!("no Qwen OAuth credentials were stored; you are logged out");
             } else {
-                println!(
-                    "logged out: removed credentials from {}",
-                    r.removed.join(", ")
-                );
+                let places = if r.removed_from.len() == r.removed.len() {
+                    &r.removed_from
+                } else {
+                    // An older daemon sends only the short names.
+                    &r.removed
+                };
+                println!("logged out: removed the Qwen OAuth credentials from");
+                for p in places {
+                    println!("  {p}");
+                }
             }
             if !r.failed.is_empty() {
                 return Err(ClientError::Rpc(format!(
-                    "could not remove credentials from: {}",
+                    "could not remove the credentials from {}",
                     r.failed.join("; ")
                 )));
             }
@@ -132,8 +153,27 @@ fn rfc3339(ms: i64) -> Option<String> {
         .ok()
 }
 
+/// Why the selected method cannot authenticate here, and the next step; `None` when it can.
+pub(crate) fn unusable_reason(st: &AuthStatus) -> Option<String> {
+    match st.auth_type() {
+        AuthType::Unspecified => Some(
+            "no auth method is selected, and none can be inferred (no OPENAI_API_KEY in the environment or the .env for this folder): run `qwen auth login`, or set OPENAI_API_KEY".into(),
+        ),
+        AuthType::QwenOauth if !st.logged_in => Some(
+            "Qwen OAuth is selected but not logged in: run `qwen auth login`, or `qwen auth switch openai` to use an OPENAI_API_KEY".into(),
+        ),
+        AuthType::Openai if !st.logged_in => Some(
+            "openai is selected but no OPENAI_API_KEY resolves for this folder: set it in the environment or a .env file (.qwen/.env in the project, or ~/.qwen/.env)".into(),
+        ),
+        _ => None,
+    }
+}
+
 fn status_json(st: &AuthStatus, quota: Option<serde_json::Value>) -> serde_json::Value {
+    let reason = unusable_reason(st);
     let mut v = json!({
+        "usable": reason.is_none(),
+        "reason": reason,
         "auth_type": type_name(st.auth_type()),
         "logged_in": st.logged_in,
         "expires_at": st.expires_at_ms.and_then(rfc3339),
@@ -195,6 +235,11 @@ async fn print_status(st: &AuthStatus, as_json: bool) -> Result<(), ClientError>
     }
     for w in &st.warnings {
         eprintln!("qwen: warning: {w}");
+    }
+    if st.auth_type() != AuthType::Unspecified
+        && let Some(reason) = unusable_reason(st)
+    {
+        eprintln!("qwen: cannot authenticate: {reason}");
     }
     Ok(())
 }

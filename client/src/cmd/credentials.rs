@@ -2,7 +2,11 @@
 //! on a terminal, offer Qwen Code's `/auth` choice; without one, never start a browser
 //! login and say exactly what to set (Qwen Code's non-interactive rule).
 use qwend_shared::api::auth_client::AuthClient;
-use qwend_shared::api::{ClientContext, CredentialsReply, GetCredentialsRequest};
+use qwend_shared::api::env_client::EnvClient;
+use qwend_shared::api::{
+    AuthStatusRequest, AuthType, ClientContext, CredentialsReply, GetCredentialsRequest,
+    ResolveEnvRequest,
+};
 use tonic::transport::Channel;
 
 use crate::error::ClientError;
@@ -37,7 +41,9 @@ pub async fn obtain(
         Ok(c) => Ok(c),
         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
             if !term::interactive() {
-                return Err(ClientError::AuthNeeded(non_interactive(s.message())));
+                return Err(ClientError::AuthNeeded(
+                    explain(channel, ctx, s.message(), true).await,
+                ));
             }
             eprintln!("qwen: {}", s.message());
             super::first_run::choose(channel, ctx).await?;
@@ -47,13 +53,67 @@ pub async fn obtain(
     }
 }
 
-/// The daemon's reason, completed so it always names the variables and the files.
-fn non_interactive(reason: &str) -> String {
-    if reason.contains("OPENAI_API_KEY") && reason.contains(".qwen/.env") {
-        format!("{reason} (no terminal: qwen never starts a browser login here)")
-    } else {
-        format!("{reason}; {NON_INTERACTIVE_HINT}")
+/// The daemon's reason for refusing credentials, completed with the next step for the
+/// method in effect. `no_terminal`: the caller will not offer a login itself.
+pub async fn explain(
+    channel: &Channel,
+    ctx: &ClientContext,
+    reason: &str,
+    no_terminal: bool,
+) -> String {
+    let status = AuthClient::new(channel.clone())
+        .get_auth_status(AuthStatusRequest {
+            client: Some(ctx.clone()),
+        })
+        .await
+        .map(tonic::Response::into_inner);
+    match status {
+        // The daemon's reason names the key and the files; a browser login is beside the point.
+        Ok(st) if st.auth_type() == AuthType::Openai => reason.to_string(),
+        // Setting OPENAI_API_KEY alone would not help: the selected method wins.
+        Ok(st) if st.auth_type() == AuthType::QwenOauth => {
+            let key = if openai_key_here(channel, ctx).await {
+                "or use the OPENAI_API_KEY set here with `qwen auth switch openai`"
+            } else {
+                "or set OPENAI_API_KEY (environment or .env) and run `qwen auth switch openai`"
+            };
+            let login = if no_terminal {
+                ", and without a terminal qwen never starts a browser login. Log in once on a terminal with `qwen auth login`"
+            } else {
+                ". Log in with `qwen auth login`"
+            };
+            format!(
+                "{reason}: Qwen OAuth is the selected auth method ({}){login}, {key}",
+                st.settings_file
+            )
+        }
+        _ if !no_terminal => reason.to_string(),
+        _ if reason.contains("OPENAI_API_KEY") && reason.contains(".qwen/.env") => {
+            format!("{reason} (no terminal: qwen never starts a browser login here)")
+        }
+        _ => format!("{reason}; {NON_INTERACTIVE_HINT}"),
     }
+}
+
+/// Whether an OPENAI_API_KEY reaches this client: its environment, else the folder's `.env`
+/// (which never overrides a key the environment has, even an empty one).
+async fn openai_key_here(channel: &Channel, ctx: &ClientContext) -> bool {
+    if let Some(v) = ctx.env.get("OPENAI_API_KEY") {
+        return !v.is_empty();
+    }
+    let req = ResolveEnvRequest {
+        cwd: ctx.cwd.clone(),
+        env: ctx.env.clone(),
+    };
+    EnvClient::new(channel.clone())
+        .resolve_env(req)
+        .await
+        .is_ok_and(|r| {
+            r.into_inner()
+                .vars
+                .iter()
+                .any(|v| v.key == "OPENAI_API_KEY" && !v.value.is_empty())
+        })
 }
 
 /// After an HTTP 401: ask for a token other than the refused one (the daemon refreshes

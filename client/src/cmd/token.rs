@@ -12,7 +12,16 @@ use crate::error::ClientError;
 pub async fn run(as_json: bool) -> Result<ExitCode, ClientError> {
     let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
     let ctx = super::env::context()?;
-    let creds = super::credentials::fetch(&channel, &ctx, None, None).await?;
+    let creds = match super::credentials::fetch(&channel, &ctx, None, None).await {
+        Ok(c) => c,
+        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+            let why = super::credentials::explain(&channel, &ctx, s.message(), false).await;
+            return Err(ClientError::AuthNeeded(format!(
+                "no token to print: {why}. Then `qwen auth token` prints it (`qwen auth status` shows what is in effect)"
+            )));
+        }
+        Err(s) => return Err(s.into()),
+    };
     let text = if as_json {
         json!({
             "token": creds.token,

@@ -152,17 +152,22 @@ impl Auth for AuthService {
             relogin_needed: false,
             reason: "logged out".into(),
         }));
+        let removed: Vec<LogoutTarget> = report
+            .done
+            .iter()
+            .filter(|(_, r)| !matches!(r, crate::store::Removal::NotPresent))
+            .map(|(t, _)| *t)
+            .collect();
         Ok(Response::new(LogoutResponse {
-            removed: report
-                .done
+            removed: removed.iter().map(|t| name(t).to_string()).collect(),
+            removed_from: removed
                 .iter()
-                .filter(|(_, r)| !matches!(r, crate::store::Removal::NotPresent))
-                .map(|(t, _)| name(t).to_string())
+                .map(|t| self.auth.describe_place(*t))
                 .collect(),
             failed: report
                 .failed
                 .iter()
-                .map(|(t, e)| format!("{}: {e}", name(t)))
+                .map(|(t, e)| format!("{}: {e}", self.auth.describe_place(*t)))
                 .collect(),
         }))
     }
