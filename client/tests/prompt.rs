@@ -268,6 +268,29 @@ fn piped_input_follows_the_prompt_after_a_blank_line() {
         .iter()
         .map(|r| r.body["messages"][0]["content"].clone())
         .collect();
+    // More than a prompt can carry is refused, not cut.
+    let mut child = env
+        .qwen_cmd(&["-p", "too much"])
+        .current_dir(&env.home)
+        .envs(openai(&mock))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..9 {
+            if stdin.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("8 MiB"), "{}", text(&out.stderr));
     assert_eq!(
         sent,
         [

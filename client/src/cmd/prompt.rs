@@ -150,11 +150,22 @@ fn collect_prompt(args: &PromptArgs) -> Result<Option<String>, ClientError> {
     Ok(Some(text))
 }
 
+/// Qwen Code's bound on piped input. Larger input is refused rather than cut, so nothing
+/// is silently lost (and a stray `cat /dev/zero |` cannot eat the memory).
+const MAX_STDIN_BYTES: u64 = 8 * 1024 * 1024;
+
 fn read_stdin() -> Result<String, ClientError> {
     let mut s = String::new();
     std::io::stdin()
+        .take(MAX_STDIN_BYTES + 1)
         .read_to_string(&mut s)
         .map_err(|e| ClientError::Usage(format!("cannot read the prompt from stdin: {e}")))?;
+    if s.len() as u64 > MAX_STDIN_BYTES {
+        return Err(ClientError::Usage(format!(
+            "stdin holds more than {} MiB, more than a prompt can carry; send a part of it",
+            MAX_STDIN_BYTES / 1024 / 1024
+        )));
+    }
     Ok(s)
 }
 
@@ -207,7 +218,7 @@ fn typed_command_refusal(args: &PromptArgs) -> Option<String> {
     };
     let suggestion = typed_command(word)?;
     Some(format!(
-        "{word:?} is not sent to the model as a prompt: it looks like a command\n  did you mean: {suggestion}\n  to send it as a prompt: qwen -p {word:?}"
+        "{word:?} looks like a command, so it was not sent to the model\n  did you mean: {suggestion}\n  to send it as a prompt anyway: qwen -p {word:?}"
     ))
 }
 
