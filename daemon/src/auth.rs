@@ -700,7 +700,7 @@ impl AuthState {
                 let dir = Self::own_dir(self.state_dir.as_deref(), &self.qwen_home);
                 let path = match self.stores() {
                     Ok(s) => s.file_store().path().to_path_buf(),
-                    Err(_) => dir.join("credentials"),
+                    Err(_) => dir.join("credentials").join(crate::store::FILE_STORE_NAME),
                 };
                 format!("qwend's credentials file ({})", path.display())
             }
