@@ -172,14 +172,14 @@ pub(crate) fn unusable_reason(st: &AuthStatus) -> Option<String> {
 fn status_json(st: &AuthStatus, quota: Option<serde_json::Value>) -> serde_json::Value {
     let reason = unusable_reason(st);
     let mut v = json!({
-        "usable": reason.is_none(),
-        "reason": reason,
         "auth_type": type_name(st.auth_type()),
         "logged_in": st.logged_in,
         "expires_at": st.expires_at_ms.and_then(rfc3339),
         "store": st.store,
         "base_url": st.base_url,
         "model": st.model,
+        "usable": reason.is_none(),
+        "reason": reason,
         "settings_file": st.settings_file,
         "warnings": st.warnings,
     });
