@@ -544,7 +544,7 @@ fn a_fifo_ledger_does_not_hang_the_daemon() {
     std::fs::create_dir_all(&dir).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &dir.join("ledger.jsonl"),
+        dir.join("ledger.jsonl"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,
