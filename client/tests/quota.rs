@@ -570,3 +570,33 @@ fn a_fifo_ledger_does_not_hang_the_daemon() {
         "still counted, in memory"
     );
 }
+
+#[tokio::test]
+async fn quota_reset_publishes_quota_changed() {
+    use qwend_shared::api::WatchRequest;
+    use qwend_shared::api::event::Kind;
+    use qwend_shared::api::events_client::EventsClient;
+    let env = TestEnv::new();
+    start_with(&env, &[]);
+    assert!(acquire(&env).await.granted);
+    let ch = qwend_shared::transport::connect(&env.socket).await.unwrap();
+    let mut stream = EventsClient::new(ch)
+        .watch(WatchRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut reset = env.qwen_cmd(&["quota", "reset"]);
+    reset.current_dir(&env.home);
+    let out = tokio::task::spawn_blocking(move || reset.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    loop {
+        let ev = stream.message().await.unwrap().expect("stream ended");
+        if let Some(Kind::QuotaChanged(q)) = ev.kind {
+            assert_eq!(q.account, "qwen-oauth");
+            assert_eq!((q.minute_used, q.day_used, q.cool_down_ms), (0, 0, 0));
+            break;
+        }
+    }
+}
