@@ -519,7 +519,7 @@ impl Quota {
                 limit: limits.per_day,
                 resets_at: rfc3339(resets_at_ms, self.offset_minutes),
                 resets_at_ms,
-                exhausted: acct.exhausted_until > now,
+                exhausted: limits.per_day.is_some() && acct.exhausted_until > now,
             },
             cool_down: (acct.cooldown_until > now).then(|| CoolDown {
                 until_ms: acct.cooldown_until,

@@ -924,6 +924,21 @@ fn insufficient_quota_without_a_day_limit_only_honours_a_capped_retry_after() {
         (Reason::CoolDown, CAP as u64)
     );
     grant(q.acquire("openai", T + CAP).unwrap());
+    // A "used up" mark an older daemon stored for it blocks nothing.
+    let dir = tempfile::tempdir().unwrap();
+    write_ledger(
+        dir.path(),
+        &ledger_lines(&[format!(
+            r#"{{"k":"x","a":"openai","until":{}}}"#,
+            MIDNIGHT + 24 * 3_600_000
+        )]),
+    );
+    let mut cfg = QuotaConfig::default();
+    cfg.account_limits
+        .insert("openai".into(), Limits::UNLIMITED);
+    let (reopened, _) = Quota::open(dir.path(), cfg, ManualClock::new(T)).unwrap();
+    grant(reopened.acquire("openai", T).unwrap());
+    assert!(!reopened.snapshot("openai", T).day.exhausted);
     // Qwen OAuth has a day of ours: there it still means the day is used up.
     q.report_outcome(
         "qwen",

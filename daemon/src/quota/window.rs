@@ -225,11 +225,13 @@ pub(super) fn refusal(
         }
     };
     block(Reason::CoolDown, acct.cooldown_until);
-    block(Reason::Day, acct.exhausted_until);
-    if let Some(per_day) = limits.per_day
-        && day_used(acct, pen, days, now) >= per_day
-    {
-        block(Reason::Day, days.next_reset(now));
+    if let Some(per_day) = limits.per_day {
+        // "Used up" means something only where we keep a day: a mark left for an account
+        // without one (an older daemon's, for the openai method) blocks nothing.
+        block(Reason::Day, acct.exhausted_until);
+        if day_used(acct, pen, days, now) >= per_day {
+            block(Reason::Day, days.next_reset(now));
+        }
     }
     if let Some(per_minute) = limits.per_minute {
         block(Reason::Minute, pen.minute_full_until);
