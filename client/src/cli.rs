@@ -60,7 +60,10 @@ pub enum Command {
         action: AuthAction,
     },
     /// Requests used and left this minute and today, and when they reset.
-    Quota,
+    Quota {
+        #[command(subcommand)]
+        action: Option<QuotaAction>,
+    },
     /// Show which .env file applies to a directory and what it sets.
     Env(EnvArgs),
     /// Manage the background daemon (qwend).
@@ -77,6 +80,17 @@ pub enum Command {
     },
     /// Print the man page (roff): `qwen man > qwen.1`.
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaAction {
+    /// Clear the counters, cool-down and "day used up" of an account (default: the one
+    /// the current method uses here).
+    Reset {
+        /// The account to reset, as `qwen quota` names it (`openai`, `qwen-oauth:…`).
+        #[arg(long, value_name = "A")]
+        account: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -247,3 +247,356 @@ async fn each_qwen_account_has_its_own_counters_and_keeps_them_across_logins() {
     assert_eq!(v["minute"]["used"], 2);
     assert!(!acquire(&env).await.granted);
 }
+
+// Hardening: cool-downs capped, insufficient_quota on openai, `qwen quota reset`, a
+// read-only ledger.
+
+use common::openai_mock::{OpenAiMock, Reply};
+
+const KEY: &str = "sk-test-quota-0123456789";
+const CAP_MS: u64 = 15 * 60 * 1000;
+
+fn openai(mock: &OpenAiMock) -> Vec<(&'static str, String)> {
+    vec![
+        ("OPENAI_API_KEY", KEY.to_string()),
+        ("OPENAI_BASE_URL", mock.base_url()),
+        ("OPENAI_MODEL", "m-env".to_string()),
+    ]
+}
+
+fn run_with(env: &TestEnv, vars: &[(&str, String)], args: &[&str]) -> std::process::Output {
+    env.qwen_cmd(args)
+        .current_dir(&env.home)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap()
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_huge_retry_after_from_the_model_server_cools_down_for_at_most_the_cap() {
+    let env = TestEnv::new();
+    let mock = OpenAiMock::start();
+    mock.push(Reply::status(
+        429,
+        &[("Retry-After", "99999999999")],
+        r#"{"error":{"message":"go away","code":"rate_limit"}}"#,
+    ));
+    let out = run_with(&env, &openai(&mock), &["-p", "hi", "--no-wait"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let q = json_of(&run_with(&env, &openai(&mock), &["quota", "--json"]));
+    assert_eq!(q["account"], "openai");
+    let cool = q["cool_down_ms"].as_u64().unwrap();
+    assert!(cool > CAP_MS - 60_000 && cool <= CAP_MS, "{q}");
+    // The same through the RPC with the largest value it can carry.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = qwend_shared::transport::connect(&env.socket).await.unwrap();
+        let r = QuotaClient::new(ch)
+            .report_outcome(ReportOutcomeRequest {
+                client: Some(ctx(&env)),
+                http_status: 429,
+                retry_after_ms: Some(u64::MAX),
+                daily_exhausted: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.quota.unwrap().cool_down_ms <= CAP_MS);
+    });
+    let r = rt.block_on(acquire(&env));
+    assert!(!r.granted && r.retry_after_ms <= CAP_MS, "{r:?}");
+    // The cap is configurable, and a restart reads the stored cool-down bounded by it.
+    let out = env.qwen(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    start_with(&env, &[("QWEND_QUOTA_MAX_COOL_DOWN_MS", "5000")]);
+    let r = rt.block_on(acquire(&env));
+    assert!(!r.granted && r.retry_after_ms <= 5_000, "{r:?}");
+    // `qwen quota reset` clears it.
+    let out = env
+        .qwen_cmd(&["quota", "reset"])
+        .current_dir(&env.home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("reset the quota of qwen-oauth"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(rt.block_on(acquire(&env)).granted);
+}
+
+#[test]
+fn insufficient_quota_on_openai_reports_the_provider_and_locks_nothing() {
+    let env = TestEnv::new();
+    let mock = OpenAiMock::start();
+    mock.push(Reply::status(
+        429,
+        &[],
+        r#"{"error":{"message":"You exceeded your current quota, please check your plan.","code":"insufficient_quota"}}"#,
+    ));
+    let out = run_with(&env, &openai(&mock), &["-p", "hi"]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("You exceeded your current quota") && err.contains("insufficient_quota"),
+        "{err}"
+    );
+    assert!(!err.contains("daily quota"), "{err}");
+    let q = json_of(&run_with(&env, &openai(&mock), &["quota", "--json"]));
+    assert_eq!(q["day"]["exhausted"], false, "{q}");
+    assert_eq!(q["day"]["limit"], serde_json::Value::Null, "{q}");
+    assert_eq!(q["cool_down_ms"], 0, "{q}");
+    // The next request goes to the server, which may have been topped up meanwhile.
+    let out = run_with(&env, &openai(&mock), &["-p", "hi", "--no-wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mock.requests().len(), 2);
+
+    // With a Retry-After, that long (capped) and no longer.
+    mock.push(Reply::status(
+        429,
+        &[("Retry-After", "20")],
+        r#"{"error":{"message":"quota","code":"insufficient_quota"}}"#,
+    ));
+    let out = run_with(&env, &openai(&mock), &["-p", "hi"]);
+    assert_eq!(out.status.code(), Some(4));
+    let q = json_of(&run_with(&env, &openai(&mock), &["quota", "--json"]));
+    let cool = q["cool_down_ms"].as_u64().unwrap();
+    assert!(cool > 10_000 && cool <= 20_000, "{q}");
+    assert_eq!(q["day"]["exhausted"], false, "{q}");
+}
+
+#[test]
+fn quota_reset_clears_an_account_for_good_and_names_others() {
+    let env = TestEnv::new();
+    let mock = OpenAiMock::start();
+    let limits = [("QWEND_QUOTA_PER_MINUTE", "3")];
+    start_with(&env, &limits);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for _ in 0..3 {
+        assert!(rt.block_on(acquire(&env)).granted);
+    }
+    assert!(!rt.block_on(acquire(&env)).granted);
+    // Another account blocked: the openai one, after a 429.
+    mock.push(Reply::status(429, &[("Retry-After", "600")], "slow down"));
+    let out = run_with(&env, &openai(&mock), &["-p", "hi", "--no-wait"]);
+    assert_eq!(out.status.code(), Some(4));
+
+    let out = env
+        .qwen_cmd(&["quota", "reset", "--json"])
+        .current_dir(&env.home)
+        .output()
+        .unwrap();
+    let v = json_of(&out);
+    assert_eq!(
+        (v["account"].as_str(), v["minute"]["used"].as_u64()),
+        (Some("qwen-oauth"), Some(0))
+    );
+    // Durable: a restart does not bring the counts back.
+    let out = env.qwen(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    start_with(&env, &limits);
+    assert_eq!(quota_json(&env)["minute"]["used"], 0);
+    assert!(rt.block_on(acquire(&env)).granted);
+    // The openai account is still cooling down until named.
+    let q = json_of(&run_with(&env, &openai(&mock), &["quota", "--json"]));
+    assert!(q["cool_down_ms"].as_u64().unwrap() > 500_000, "{q}");
+    let out = env
+        .qwen_cmd(&["quota", "reset", "--account", "openai"])
+        .current_dir(&env.home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let q = json_of(&run_with(&env, &openai(&mock), &["quota", "--json"]));
+    assert_eq!(q["cool_down_ms"], 0, "{q}");
+    assert_eq!(
+        quota_json(&env)["minute"]["used"],
+        1,
+        "qwen-oauth untouched"
+    );
+    // A name that cannot be an account is refused clearly.
+    let out = env.qwen(&["quota", "reset", "--account", &"x".repeat(500)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not an account name"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `qwen` (and the daemon it starts) without root's power to write where the modes say
+/// no, so a read-only dir is read-only for the daemon even when the tests run as root.
+fn qwen_obeying_modes(env: &TestEnv, args: &[&str]) -> std::process::Command {
+    if !is_root() {
+        return env.qwen_cmd(args);
+    }
+    let mut cmd = std::process::Command::new("setpriv");
+    env.apply(&mut cmd);
+    cmd.args(["--bounding-set=-dac_override,-dac_read_search", "--"])
+        .arg(qwen_bin())
+        .args(args);
+    cmd
+}
+
+#[test]
+fn a_read_only_ledger_is_counted_from_and_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    qwend_bin();
+    let dir = env.state.join("quota");
+    std::fs::create_dir_all(&dir).unwrap();
+    // 50 grants a moment ago, against a day limit of 60.
+    let t = now_ms() - 1_000;
+    let ledger: String = (0..50)
+        .map(|i| format!("{{\"k\":\"g\",\"a\":\"qwen-oauth\",\"t\":{}}}\n", t + i))
+        .collect();
+    let path = dir.join("ledger.jsonl");
+    std::fs::write(&path, &ledger).unwrap();
+    let set = |p: &std::path::Path, m| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    set(&path, 0o400);
+    set(&dir, 0o500);
+    let vars = [
+        ("QWEND_QUOTA_PER_DAY", "60"),
+        ("QWEND_QUOTA_PER_MINUTE", "1000"),
+    ];
+    let start = || {
+        let out = qwen_obeying_modes(&env, &["daemon", "start"])
+            .envs(vars)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut granted = 0;
+    while rt.block_on(acquire(&env)).granted {
+        granted += 1;
+        assert!(granted <= 60, "the ledger's grants were not counted");
+    }
+    assert_eq!(granted, 10, "only what the day had left");
+
+    let out = env
+        .qwen_cmd(&["quota"])
+        .current_dir(&env.home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot write the quota ledger") && err.contains("in memory"),
+        "{err}"
+    );
+    let v = quota_json(&env);
+    assert_eq!(v["day"]["used"], 60);
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("Permission denied"),
+        "{v}"
+    );
+    let out = env
+        .qwen_cmd(&["auth", "status", "--json"])
+        .current_dir(&env.home)
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        st["warnings"]
+            .to_string()
+            .contains("cannot write the quota ledger"),
+        "{st}"
+    );
+    let out = env
+        .qwen_cmd(&["auth", "status"])
+        .current_dir(&env.home)
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("cannot write the quota ledger"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Nothing was written; a restart counts from the ledger again (the 10 in memory are
+    // gone, as the warning said).
+    set(&dir, 0o700);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), ledger);
+    set(&dir, 0o500);
+    let out = env.qwen(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    start();
+    assert_eq!(quota_json(&env)["day"]["used"], 50);
+    set(&dir, 0o700);
+}
+
+#[test]
+fn a_fifo_ledger_does_not_hang_the_daemon() {
+    let env = TestEnv::new();
+    let dir = env.state.join("quota");
+    std::fs::create_dir_all(&dir).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dir.join("ledger.jsonl"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    start_with(&env, &[("QWEND_QUOTA_PER_MINUTE", "2")]);
+    let out = env
+        .qwen_cmd(&["quota"])
+        .current_dir(&env.home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("a FIFO, not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert!(rt.block_on(acquire(&env)).granted);
+    assert!(rt.block_on(acquire(&env)).granted);
+    assert!(
+        !rt.block_on(acquire(&env)).granted,
+        "still counted, in memory"
+    );
+}
+
+#[tokio::test]
+async fn quota_reset_publishes_quota_changed() {
+    use qwend_shared::api::WatchRequest;
+    use qwend_shared::api::event::Kind;
+    use qwend_shared::api::events_client::EventsClient;
+    let env = TestEnv::new();
+    start_with(&env, &[]);
+    assert!(acquire(&env).await.granted);
+    let ch = qwend_shared::transport::connect(&env.socket).await.unwrap();
+    let mut stream = EventsClient::new(ch)
+        .watch(WatchRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut reset = env.qwen_cmd(&["quota", "reset"]);
+    reset.current_dir(&env.home);
+    let out = tokio::task::spawn_blocking(move || reset.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    loop {
+        let ev = stream.message().await.unwrap().expect("stream ended");
+        if let Some(Kind::QuotaChanged(q)) = ev.kind {
+            assert_eq!(q.account, "qwen-oauth");
+            assert_eq!((q.minute_used, q.day_used, q.cool_down_ms), (0, 0, 0));
+            break;
+        }
+    }
+}

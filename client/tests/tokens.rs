@@ -329,3 +329,53 @@ fn qwen_auth_token_reports_a_failing_refresh_as_such() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "at-refreshed");
 }
+
+/// A refreshed token that cannot be written to the store is used from memory, and
+/// `qwen auth status` says so instead of only logging it (issue 13 item 5).
+#[test]
+fn a_refresh_that_cannot_be_saved_is_served_and_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup();
+    write_creds(&s.env.home, "at-old", "rt-old", now_ms() - 1000);
+    s.mock.push(TOKEN_PATH, Reply::refresh_rotate());
+    // Without root's power to write where the modes say no, so the read-only dirs hold
+    // for the daemon even when the tests run as root.
+    let qwen = |args: &[&str]| {
+        let mut cmd = if is_root() {
+            let mut c = std::process::Command::new("setpriv");
+            s.env.apply(&mut c);
+            c.args(["--bounding-set=-dac_override,-dac_read_search", "--"])
+                .arg(qwen_bin());
+            c
+        } else {
+            let mut c = std::process::Command::new(qwen_bin());
+            s.env.apply(&mut c);
+            c
+        };
+        cmd.args(args).current_dir(&s.env.home).output().unwrap()
+    };
+    let out = qwen(&["daemon", "start"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let creds = s.env.state.join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    let qwen_dir = s.env.home.join(".qwen");
+    let ro = std::fs::Permissions::from_mode(0o500);
+    std::fs::set_permissions(&creds, ro.clone()).unwrap();
+    std::fs::set_permissions(&qwen_dir, ro).unwrap();
+    let ours = creds.join("credentials.json");
+    if ours.exists() {
+        std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+
+    let reply = s.get(None).unwrap();
+    assert_eq!(reply.token, "at-refreshed", "served from memory");
+    let out = qwen(&["auth", "status", "--json"]);
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let open = std::fs::Permissions::from_mode(0o700);
+    std::fs::set_permissions(&creds, open.clone()).unwrap();
+    std::fs::set_permissions(&qwen_dir, open).unwrap();
+    assert!(
+        st["warnings"].to_string().contains("could not be saved"),
+        "{st}"
+    );
+}

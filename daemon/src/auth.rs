@@ -582,8 +582,15 @@ impl AuthState {
                             TokenStatus::Active {
                                 expiry_date,
                                 retrying,
+                                unsaved,
                                 ..
                             } => {
+                                if let Some(e) = unsaved {
+                                    st.warnings.push(format!(
+                                        "the current token could not be saved ({e}); it is used \
+                                         from memory and is lost when the daemon stops"
+                                    ));
+                                }
                                 st.logged_in = true;
                                 st.expires_at_ms = Some(expiry_date);
                                 st.base_url = rt.tokens.peek().map(|c| c.api_base_url());

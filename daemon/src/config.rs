@@ -9,6 +9,7 @@ pub const ENV_STORE: &str = "QWEN_CREDENTIAL_STORE";
 pub const ENV_PER_MINUTE: &str = "QWEND_QUOTA_PER_MINUTE";
 pub const ENV_PER_DAY: &str = "QWEND_QUOTA_PER_DAY";
 pub const ENV_DAY_OFFSET: &str = "QWEND_QUOTA_DAY_OFFSET";
+pub const ENV_MAX_COOL_DOWN_MS: &str = "QWEND_QUOTA_MAX_COOL_DOWN_MS";
 pub const ENV_OPENAI_PER_MINUTE: &str = "QWEND_OPENAI_QUOTA_PER_MINUTE";
 pub const ENV_OPENAI_PER_DAY: &str = "QWEND_OPENAI_QUOTA_PER_DAY";
 pub const ENV_OAUTH_BASE_URL: &str = "QWEN_OAUTH_BASE_URL";
@@ -98,6 +99,18 @@ impl Config {
                 value: v,
                 why: "expected a UTC offset such as +08:00, -05:30 or minutes (480)",
             })?;
+        }
+        if let Some(v) = get(ENV_MAX_COOL_DOWN_MS) {
+            quota.max_cooldown_ms = v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| (1..=crate::quota::MAX_COOLDOWN_CAP_MS).contains(ms))
+                .ok_or(ConfigError::Invalid {
+                    var: ENV_MAX_COOL_DOWN_MS,
+                    value: v,
+                    why: "expected milliseconds between 1 and 86400000 (24 h)",
+                })?;
         }
         let qwen_home = match get(qwend_shared::paths::ENV_QWEN_HOME) {
             Some(h) => PathBuf::from(h),
@@ -190,6 +203,7 @@ mod tests {
         assert_eq!(c.quota.default_limits.per_day, Some(2000));
         assert_eq!(c.quota.utc_offset_minutes, 0);
         assert!(c.quota.account_limits[OPENAI_ACCOUNT].is_unlimited());
+        assert_eq!(c.quota.max_cooldown_ms, 15 * 60 * 1000);
         assert_eq!(c.store, None);
     }
 
@@ -209,6 +223,17 @@ mod tests {
         let e = cfg(&[(ENV_PER_DAY, "lots")]).unwrap_err();
         assert!(e.to_string().contains("QWEND_QUOTA_PER_DAY"), "{e}");
         assert!(cfg(&[(ENV_STORE, "vault")]).is_err());
+        assert_eq!(
+            cfg(&[(ENV_MAX_COOL_DOWN_MS, "90000")])
+                .unwrap()
+                .quota
+                .max_cooldown_ms,
+            90_000
+        );
+        for bad in ["0", "-1", "86400001", "soon"] {
+            let e = cfg(&[(ENV_MAX_COOL_DOWN_MS, bad)]).unwrap_err();
+            assert!(e.to_string().contains(ENV_MAX_COOL_DOWN_MS), "{e}");
+        }
     }
 
     #[test]

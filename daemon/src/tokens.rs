@@ -134,6 +134,9 @@ pub enum TokenStatus {
         generation: u64,
         /// Set while refreshes fail and the current token is kept.
         retrying: Option<RetryInfo>,
+        /// Why the current token could not be written to the store: it is served from
+        /// memory, and a restart falls back to what the store still holds.
+        unsaved: Option<String>,
     },
     ReloginNeeded {
         reason: String,
@@ -250,6 +253,7 @@ struct Active {
     failures: u32,
     retry_at: Option<i64>,
     last_error: Option<String>,
+    unsaved: Option<String>,
 }
 
 impl Active {
@@ -260,6 +264,7 @@ impl Active {
             failures: 0,
             retry_at: None,
             last_error: None,
+            unsaved: None,
         }
     }
 
@@ -313,6 +318,7 @@ impl State {
                     failures: a.failures,
                     last_error: e.clone(),
                 }),
+                unsaved: a.unsaved.clone(),
             },
         }
     }
@@ -406,7 +412,9 @@ impl TokenManager {
         let mut st = self.inner.lock();
         st.epoch += 1;
         st.generation += 1;
-        st.login = Login::Active(Active::new(creds, self.inner.clock.now_ms()));
+        let mut active = Active::new(creds, self.inner.clock.now_ms());
+        active.unsaved = saved.as_ref().err().map(|e| e.0.clone());
+        st.login = Login::Active(active);
         self.inner.publish(&st);
         drop(st);
         tracing::info!("new Qwen OAuth login installed");
@@ -585,12 +593,14 @@ impl Inner {
         }
         match attempt {
             Ok(fresh) => {
+                let mut unsaved = None;
                 let creds = match fresh {
                     Fresh::Refreshed(creds) => {
                         // Stored before anyone uses it: with rotation, the old refresh
                         // token is already dead upstream.
                         if let Err(e) = self.persistence.save(&creds).await {
                             tracing::error!(error = %e, "could not store the refreshed token; serving it from memory");
+                            unsaved = Some(e.0);
                         }
                         tracing::info!(expiry_date = creds.expiry_date, "access token refreshed");
                         creds
@@ -605,7 +615,9 @@ impl Inner {
                 };
                 let mut st = self.lock();
                 st.generation += 1;
-                st.login = Login::Active(Active::new(creds.clone(), now));
+                let mut active = Active::new(creds.clone(), now);
+                active.unsaved = unsaved;
+                st.login = Login::Active(active);
                 st.flight = None;
                 self.publish(&st);
                 Ok(creds)
@@ -1292,6 +1304,7 @@ mod tests {
                 next_refresh_at: Some(due + 1 + 48 * MIN),
                 generation: 2,
                 retrying: None,
+                unsaved: None,
             }
         );
         at(&h, due + 2).await;
@@ -1422,6 +1435,11 @@ mod tests {
         let h = harness_with(Some(creds("at-old", "rt-old", NOW - 1000)), store).await;
         h.server.set_default(TOKEN_PATH, Reply::refresh_rotate());
         assert_eq!(token(&h.manager.get(false).await.unwrap()), "at-refreshed");
+        // Served from memory, and the status says so (for `qwen auth status`).
+        assert!(matches!(
+            h.manager.status(),
+            TokenStatus::Active { unsaved: Some(ref e), .. } if e == "disk full"
+        ));
         let err = h
             .manager
             .install(creds("at-login", "rt-login", NOW + HOUR))
@@ -1434,6 +1452,13 @@ mod tests {
             }
         );
         assert_eq!(token(&h.manager.get(false).await.unwrap()), "at-login");
+        assert!(matches!(
+            h.manager.status(),
+            TokenStatus::Active {
+                unsaved: Some(_),
+                ..
+            }
+        ));
     }
 
     /// Like Qwen Code: lock, re-read, and refresh only if nobody else has; the store write

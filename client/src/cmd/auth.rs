@@ -191,6 +191,11 @@ fn status_json(st: &AuthStatus, quota: Option<serde_json::Value>) -> serde_json:
 
 async fn print_status(st: &AuthStatus, as_json: bool) -> Result<(), ClientError> {
     let quota = super::quota::fetch().await.ok();
+    // The quota's own troubles (an unwritable ledger) belong with the other warnings.
+    let mut st = st.clone();
+    st.warnings
+        .extend(quota.iter().flat_map(|q| q.warnings.iter().cloned()));
+    let st = &st;
     if as_json {
         println!(
             "{}",

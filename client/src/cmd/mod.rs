@@ -29,7 +29,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             action: AuthAction::Token,
         } => token::run(cli.json).await,
         Command::Auth { action } => auth::run(action, cli.json).await,
-        Command::Quota => quota::run(cli.json).await,
+        Command::Quota { action } => quota::run(action, cli.json).await,
         Command::Exec(args) => exec::run(args).await,
         Command::Completions { shell } => docs::completions(shell),
         Command::Man => docs::man(),

@@ -85,7 +85,17 @@ pub async fn run(args: PromptArgs, as_json: bool) -> Result<ExitCode, ClientErro
                 status: 429,
                 daily_exhausted: true,
                 ..
-            } => return Err(ClientError::Quota(format!("{err} (daily quota used up)"))),
+            } => {
+                return Err(ClientError::Quota(match creds.auth_type() {
+                    // Not a limit of ours: usually the key's credit or plan; qwen keeps no
+                    // day for this method, so nothing beyond a Retry-After is locked.
+                    AuthType::Openai => format!(
+                        "{err} (insufficient_quota: the provider says this key's quota or \
+                         credit is used up; check its plan or billing)"
+                    ),
+                    _ => format!("{err} (daily quota used up)"),
+                }));
+            }
             ChatError::Http {
                 status: 429,
                 retry_after_ms,

@@ -1,10 +1,11 @@
-//! `qwen quota`: used / remaining / reset, per minute and per day.
+//! `qwen quota`: used / remaining / reset, per minute and per day; `qwen quota reset`.
 use std::process::ExitCode;
 
 use qwend_shared::api::quota_client::QuotaClient;
-use qwend_shared::api::{GetQuotaRequest, QuotaStatus, QuotaWindow};
+use qwend_shared::api::{GetQuotaRequest, QuotaStatus, QuotaWindow, ResetQuotaRequest};
 use serde_json::{Value, json};
 
+use crate::cli::QuotaAction;
 use crate::connect;
 use crate::error::ClientError;
 
@@ -18,14 +19,36 @@ pub async fn fetch() -> Result<QuotaStatus, ClientError> {
         .into_inner())
 }
 
-pub async fn run(as_json: bool) -> Result<ExitCode, ClientError> {
-    let q = fetch().await?;
+pub async fn run(action: Option<QuotaAction>, as_json: bool) -> Result<ExitCode, ClientError> {
+    let (q, reset) = match action {
+        None => (fetch().await?, false),
+        Some(QuotaAction::Reset { account }) => (reset(account).await?, true),
+    };
     if as_json {
         println!("{}", to_json(&q));
     } else {
+        if reset {
+            println!("reset the quota of {}", q.account);
+        }
         print!("{}", human(&q));
     }
+    for w in &q.warnings {
+        eprintln!("qwen: warning: {w}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn reset(account: Option<String>) -> Result<QuotaStatus, ClientError> {
+    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    Ok(QuotaClient::new(channel)
+        .reset_quota(ResetQuotaRequest {
+            client: Some(super::env::context()?),
+            account,
+        })
+        .await?
+        .into_inner()
+        .quota
+        .unwrap_or_default())
 }
 
 pub fn to_json(q: &QuotaStatus) -> Value {
@@ -37,6 +60,7 @@ pub fn to_json(q: &QuotaStatus) -> Value {
         "day": {"used": d.used, "limit": d.limit, "resets_at": d.resets_at, "exhausted": d.exhausted},
         "cool_down_ms": q.cool_down_ms,
         "waiting": q.waiting,
+        "warnings": q.warnings,
     })
 }
 
@@ -60,11 +84,11 @@ pub fn human(q: &QuotaStatus) -> String {
     }
     s += &format!("\nday       {}; resets {}\n", left(&d), d.resets_at);
     if d.exhausted {
-        s += "          the daily quota is used up\n";
+        s += "          the daily quota is used up (`qwen quota reset` if you know better)\n";
     }
     if q.cool_down_ms > 0 {
         s += &format!(
-            "cool-down {:.0}s left (the server answered 429)\n",
+            "cool-down {:.0}s left (the server answered 429; `qwen quota reset` clears it)\n",
             (q.cool_down_ms as f64 / 1000.0).ceil()
         );
     }

@@ -8,7 +8,15 @@
 //! {"k":"x","a":ACCOUNT,"until":MS}      daily quota exhausted until the day reset at MS
 //! {"k":"u","t":MS,"n":N}                N grants of unknown account (rebuilt from damage)
 //! {"k":"m","until":MS}                  every minute window treated as full until MS
+//! {"k":"r","a":ACCOUNT,"t":MS}          `qwen quota reset` of ACCOUNT at MS
 //! ```
+//!
+//! Nothing in the file is trusted further than a sane bound: times after "now" are clamped
+//! to now on load, cool-downs to the configured cap, "day used up" to the next day reset.
+//! The file is opened with `O_NONBLOCK` and must be a regular file (a FIFO put there would
+//! otherwise hang the daemon's start). When the ledger cannot be written (a read-only state
+//! dir, a file that is not ours to write), what it holds is still loaded and counting goes
+//! on in memory, with a warning in `qwen quota` and `qwen auth status`.
 //! ACCOUNT is the opaque account key (the OAuth identity); no token is ever written.
 //!
 //! One writer thread owns the file and does group commit: records appended while it is busy
@@ -49,6 +57,10 @@ pub(super) enum Record {
     Unattributed { t: i64, n: u64 },
     #[serde(rename = "m")]
     MinuteFull { until: i64 },
+    /// `qwen quota reset` at MS: what came before for ACCOUNT (and any unattributed
+    /// charge) no longer counts.
+    #[serde(rename = "r")]
+    Reset { a: String, t: i64 },
 }
 
 impl Record {
@@ -80,6 +92,9 @@ pub enum LedgerWarning {
         bytes: usize,
         counted_as: u64,
     },
+    /// Counting goes on in memory from what could be read.
+    #[error("{0}")]
+    NotWritable(String),
 }
 
 /// Turns ledger bytes into records, replacing damage by conservative stand-ins.
@@ -193,30 +208,40 @@ pub(super) struct Ledger {
 }
 
 impl Ledger {
-    /// Opens (creating) the ledger in `dir`, which should be dedicated to it: it is made 0700.
+    /// Opens (creating) the ledger in `dir`, which should be dedicated to it: group and
+    /// other access is removed (the owner's own bits are left alone, so a dir made read-only
+    /// on purpose stays read-only). Fails when the ledger cannot be both read and written;
+    /// `read_only` then loads what can be read.
     pub fn open(
         dir: &Path,
         now: i64,
         threshold: u64,
     ) -> Result<(Self, Vec<Record>, Vec<LedgerWarning>), QuotaError> {
-        let at = |path: &Path| {
-            let path = path.to_owned();
-            move |source| QuotaError::Io { path, source }
-        };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(at(dir))?;
-        fs::set_permissions(dir, Permissions::from_mode(0o700)).map_err(at(dir))?;
+        let dir_mode = fs::metadata(dir).map_err(at(dir))?.permissions().mode();
+        if dir_mode & 0o077 != 0 {
+            fs::set_permissions(dir, Permissions::from_mode(dir_mode & 0o700)).map_err(at(dir))?;
+        }
+        // Compaction replaces the file by rename, so the dir itself must be writable.
+        rustix::fs::access(
+            dir,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .map_err(|e| at(dir)(e.into()))?;
         let path = dir.join(LEDGER_FILE);
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
+            .custom_flags(nonblock())
             .open(&path)
             .map_err(at(&path))?;
+        regular(&file).map_err(at(&path))?;
         file.set_permissions(Permissions::from_mode(0o600))
             .map_err(at(&path))?;
         let mut bytes = Vec::new();
@@ -248,6 +273,43 @@ impl Ledger {
             writer: Some(writer),
         };
         Ok((ledger, records, warnings))
+    }
+
+    /// What an unwritable ledger in `dir` holds, for counting on in memory. A missing file
+    /// holds nothing; one that is not a regular file is refused unread.
+    pub fn read_only(
+        dir: &Path,
+        now: i64,
+    ) -> Result<(Vec<Record>, Vec<LedgerWarning>), QuotaError> {
+        let path = dir.join(LEDGER_FILE);
+        let mut file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nonblock())
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+            Err(e) => return Err(at(&path)(e)),
+        };
+        regular(&file).map_err(at(&path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(at(&path))?;
+        Ok(parse(&bytes, now))
+    }
+
+    /// Why records are not being written right now (a failed write that no compaction has
+    /// repaired yet).
+    pub fn write_error(&self) -> Option<String> {
+        let st = self.shared.lock();
+        if !st.poisoned {
+            return None;
+        }
+        Some(
+            st.progress
+                .error
+                .as_ref()
+                .map_or_else(|| "write failed".to_owned(), ToString::to_string),
+        )
     }
 
     pub fn path(&self) -> &Path {
@@ -310,6 +372,40 @@ impl Ledger {
             .clone();
         outcome(&progress, seq)
     }
+}
+
+fn at(path: &Path) -> impl FnOnce(io::Error) -> QuotaError + use<> {
+    let path = path.to_owned();
+    move |source| QuotaError::Io { path, source }
+}
+
+/// A FIFO opened without it blocks until a writer appears; with it, the type check below
+/// refuses the file instead. No effect on regular files.
+fn nonblock() -> i32 {
+    rustix::fs::OFlags::NONBLOCK.bits() as i32
+}
+
+fn regular(file: &File) -> io::Result<()> {
+    let ft = file.metadata()?.file_type();
+    if ft.is_file() {
+        return Ok(());
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let what = if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else {
+        "a special file"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what}, not a regular file; refused"),
+    ))
 }
 
 fn outcome(p: &Progress, seq: u64) -> Result<(), QuotaError> {

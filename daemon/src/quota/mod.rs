@@ -5,6 +5,12 @@
 //! Every decision is made under one lock, so the limits are exact under any concurrency.
 //! Grants are counted in memory first and written to the ledger before they are returned,
 //! so a crash can lose a grant nobody received (over-count) but never one somebody did.
+//!
+//! Nothing from upstream or from the ledger can block an account for longer than a sane
+//! bound: a cool-down is capped (`max_cooldown_ms`, 15 minutes by default) when reported and
+//! again whenever it is read, a rolling minute never blocks longer than a minute, and "the
+//! day is used up" ends at the next day reset. `reset` clears an account for a person who
+//! knows better.
 mod ledger;
 mod window;
 
@@ -54,6 +60,10 @@ impl Default for Limits {
     }
 }
 
+/// 15 minutes: longer than any real provider's minute-window 429 asks for, short enough
+/// that a wrong one is an annoyance rather than an outage.
+pub const DEFAULT_MAX_COOLDOWN_MS: u64 = 15 * 60 * 1000;
+
 #[derive(Debug, Clone)]
 pub struct QuotaConfig {
     pub default_limits: Limits,
@@ -64,6 +74,9 @@ pub struct QuotaConfig {
     /// Cool-down after a 429 without Retry-After: a whole minute, the only wait that frees the
     /// server's minute window whatever it counted (other clients may share the account).
     pub default_cooldown_ms: u64,
+    /// Longest cool-down any report (or ledger record) can impose: a hostile or broken
+    /// server's `Retry-After: 99999999999` must not lock the account for millennia.
+    pub max_cooldown_ms: u64,
     /// Ledger size that triggers compaction.
     pub compact_threshold_bytes: u64,
 }
@@ -75,6 +88,7 @@ impl Default for QuotaConfig {
             account_limits: HashMap::new(),
             utc_offset_minutes: 0,
             default_cooldown_ms: 60_000,
+            max_cooldown_ms: DEFAULT_MAX_COOLDOWN_MS,
             compact_threshold_bytes: 256 * 1024,
         }
     }
@@ -88,6 +102,12 @@ impl QuotaConfig {
                 self.utc_offset_minutes
             )));
         }
+        if self.max_cooldown_ms == 0 || self.max_cooldown_ms > MAX_COOLDOWN_CAP_MS {
+            return Err(QuotaError::Config(format!(
+                "maximum cool-down {} ms is not between 1 ms and 24 h",
+                self.max_cooldown_ms
+            )));
+        }
         let all = std::iter::once(&self.default_limits).chain(self.account_limits.values());
         for limits in all {
             validate_limits(*limits)?;
@@ -95,6 +115,9 @@ impl QuotaConfig {
         Ok(())
     }
 }
+
+/// The cap itself is capped: a day is already far beyond any sane cool-down.
+pub const MAX_COOLDOWN_CAP_MS: u64 = 24 * 3_600_000;
 
 fn validate_limits(limits: Limits) -> Result<(), QuotaError> {
     // A zero limit would refuse forever with nothing to wait for; "no quota" is UNLIMITED.
@@ -156,8 +179,13 @@ pub enum Outcome {
     RateLimited {
         retry_after_ms: Option<u64>,
     },
-    /// The server says the day's quota is used up, whatever our count says.
-    DailyExhausted,
+    /// The server says the day's quota is used up, whatever our count says
+    /// (`insufficient_quota`). For an account with a day limit of ours (Qwen OAuth) that
+    /// blocks until the day resets; an account without one (the OpenAI-compatible method,
+    /// where it usually means billing) is only cooled down for the server's Retry-After.
+    DailyExhausted {
+        retry_after_ms: Option<u64>,
+    },
 }
 
 /// Serializes to the `qwen quota --json` shape (with a few extra fields).
@@ -168,6 +196,9 @@ pub struct Snapshot {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cool_down: Option<CoolDown>,
     pub waiting: usize,
+    /// Why the counts may not survive a restart (the ledger cannot be written).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -202,6 +233,8 @@ struct Inner {
     default_limits: Limits,
     penalty: Penalty,
     next_ticket: u64,
+    /// Loading bounded a record (a future time, an over-long block): rewrite the ledger.
+    clamped: bool,
 }
 
 /// The shared permit budget. Send + Sync; share it as `Arc<Quota>`.
@@ -213,15 +246,23 @@ pub struct Quota {
     days: Days,
     offset_minutes: i32,
     default_cooldown_ms: u64,
+    max_cooldown_ms: i64,
+    /// Set when the ledger could not be opened for writing: counting is in memory only.
+    unwritable: Option<String>,
     /// Woken whenever a wait could end sooner than its timer: grants handed to queued waiters,
     /// waiters leaving, outcomes reported, `poke`.
     notify: Notify,
 }
 
 impl Quota {
-    /// Opens the quota with its ledger in `dir` (a directory of its own, made 0700) and rebuilds
-    /// the windows from it. Damage in the ledger is charged conservatively (see
+    /// Opens the quota with its ledger in `dir` (a directory of its own, made private) and
+    /// rebuilds the windows from it. Damage in the ledger is charged conservatively (see
     /// `ledger::parse`), reported in the returned warnings, and the ledger is rewritten clean.
+    ///
+    /// A ledger that cannot be written does not fail the open: what it holds is loaded (so
+    /// the grants it records still count), counting goes on in memory, and the reason is
+    /// both a returned warning and part of every snapshot until a restart finds it writable.
+    /// Only an invalid configuration is an error.
     pub fn open(
         dir: &Path,
         config: QuotaConfig,
@@ -229,15 +270,35 @@ impl Quota {
     ) -> Result<(Self, Vec<LedgerWarning>), QuotaError> {
         config.validate()?;
         let now = clock.now_ms();
-        let (ledger, records, warnings) = Ledger::open(dir, now, config.compact_threshold_bytes)?;
-        let quota = Self::build(config, clock, Some(ledger));
+        let (ledger, records, mut warnings, unwritable) =
+            match Ledger::open(dir, now, config.compact_threshold_bytes) {
+                Ok((ledger, records, warnings)) => (Some(ledger), records, warnings, None),
+                Err(e) => {
+                    let (records, warnings, why) = match Ledger::read_only(dir, now) {
+                        Ok((records, warnings)) => (records, warnings, e.to_string()),
+                        // Unreadable as well (not a regular file, no permission): nothing
+                        // to load, and that error is the one that explains it.
+                        Err(read) => (Vec::new(), Vec::new(), read.to_string()),
+                    };
+                    (None, records, warnings, Some(why))
+                }
+            };
+        let mut quota = Self::build(config, clock, ledger);
+        if let Some(why) = unwritable {
+            let text = format!(
+                "cannot write the quota ledger ({why}); counting in memory from what it held: \
+                 usage from now on is forgotten when the daemon stops"
+            );
+            warnings.push(LedgerWarning::NotWritable(text.clone()));
+            quota.unwritable = Some(text);
+        }
         {
             let mut inner = quota.lock();
             for record in records {
-                inner.apply(record, now, quota.days);
+                inner.apply(record, now, quota.days, quota.max_cooldown_ms);
             }
             if let Some(ledger) = &quota.ledger
-                && (!warnings.is_empty() || ledger.needs_compaction())
+                && (!warnings.is_empty() || inner.clamped || ledger.needs_compaction())
             {
                 // Rewrite now: appending after a torn line would glue the next record onto it,
                 // and reloading the damage later would charge it again.
@@ -260,14 +321,19 @@ impl Quota {
             default_limits: config.default_limits,
             penalty: Penalty::default(),
             next_ticket: 0,
+            clamped: false,
         };
+        // The cap bounds the default too.
+        let max_cooldown_ms = config.max_cooldown_ms.min(MAX_COOLDOWN_CAP_MS);
         Self {
             inner: Mutex::new(inner),
             ledger,
             clock,
             days: Days::new(config.utc_offset_minutes),
             offset_minutes: config.utc_offset_minutes,
-            default_cooldown_ms: config.default_cooldown_ms,
+            default_cooldown_ms: config.default_cooldown_ms.min(max_cooldown_ms),
+            max_cooldown_ms: max_cooldown_ms as i64,
+            unwritable: None,
             notify: Notify::new(),
         }
     }
@@ -303,7 +369,13 @@ impl Quota {
         let (result, wake) = {
             let mut inner = self.lock();
             let ticket = inner.enqueue(account);
-            let (handed, blocked) = inner.serve(account, now_ms, self.days, self.ledger.as_ref());
+            let (handed, blocked) = inner.serve(
+                account,
+                now_ms,
+                self.days,
+                self.max_cooldown_ms,
+                self.ledger.as_ref(),
+            );
             let mine = inner.take_ready(account, ticket);
             if mine.is_none() {
                 inner.forget(account, ticket);
@@ -366,19 +438,32 @@ impl Quota {
         }
         let now = self.clock.now_ms();
         let mut inner = self.lock();
+        let has_day_limit = inner.limits_for(account).per_day.is_some();
         let acct = inner.accounts.entry(account.to_owned()).or_default();
+        acct.settle(now, self.max_cooldown_until(now), self.days);
+        let cool_down = |acct: &mut Account, wait: u64| {
+            // Capped on the way in; `settle` caps it again on every read.
+            let wait = i64::try_from(wait)
+                .unwrap_or(i64::MAX)
+                .min(self.max_cooldown_ms);
+            acct.cooldown_until = acct.cooldown_until.max(now.saturating_add(wait));
+            Record::CoolDown {
+                a: account.to_owned(),
+                until: acct.cooldown_until,
+            }
+        };
         let record = match outcome {
             Outcome::Success => return,
             Outcome::RateLimited { retry_after_ms } => {
-                let wait = retry_after_ms.unwrap_or(self.default_cooldown_ms);
-                let until = now.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX));
-                acct.cooldown_until = acct.cooldown_until.max(until);
-                Record::CoolDown {
-                    a: account.to_owned(),
-                    until: acct.cooldown_until,
-                }
+                cool_down(acct, retry_after_ms.unwrap_or(self.default_cooldown_ms))
             }
-            Outcome::DailyExhausted => {
+            // No day of ours to mark used up: honour the server's Retry-After, nothing more
+            // (without one, nothing is locked and the next request asks the server again).
+            Outcome::DailyExhausted { retry_after_ms } if !has_day_limit => match retry_after_ms {
+                Some(wait) => cool_down(acct, wait),
+                None => return,
+            },
+            Outcome::DailyExhausted { .. } => {
                 acct.exhausted_until = acct.exhausted_until.max(self.days.next_reset(now));
                 Record::Exhausted {
                     a: account.to_owned(),
@@ -402,9 +487,10 @@ impl Quota {
             accounts, penalty, ..
         } = &mut *inner;
         let idle = Account::default();
+        penalty.settle(now);
         let acct = match accounts.get_mut(account) {
             Some(acct) => {
-                acct.trim(now);
+                acct.settle(now, now.saturating_add(self.max_cooldown_ms), self.days);
                 &*acct
             }
             None => &idle,
@@ -433,14 +519,57 @@ impl Quota {
                 limit: limits.per_day,
                 resets_at: rfc3339(resets_at_ms, self.offset_minutes),
                 resets_at_ms,
-                exhausted: acct.exhausted_until > now,
+                exhausted: limits.per_day.is_some() && acct.exhausted_until > now,
             },
             cool_down: (acct.cooldown_until > now).then(|| CoolDown {
                 until_ms: acct.cooldown_until,
                 remaining_ms: (acct.cooldown_until - now) as u64,
             }),
             waiting: acct.queue.len(),
+            warnings: self.warnings(),
         }
+    }
+
+    /// Why the counts may not survive a restart, if they may not.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(why) = &self.unwritable {
+            out.push(why.clone());
+        } else if let Some(why) = self.ledger.as_ref().and_then(Ledger::write_error) {
+            out.push(format!(
+                "quota ledger {}: {why}; permits are refused until it can be written again",
+                self.ledger_path()
+                    .map_or_else(String::new, |p| p.display().to_string())
+            ));
+        }
+        out
+    }
+
+    /// Forgets the usage, cool-down and "day used up" of `account` (`qwen quota reset`),
+    /// durably: the reset is in the ledger before this returns. Usage charged to every
+    /// account from a damaged ledger is a guess and goes with it.
+    pub async fn reset(&self, account: &str) -> Result<(), QuotaError> {
+        let seq = {
+            let now = self.clock.now_ms();
+            let mut inner = self.lock();
+            inner.reset(account);
+            self.ledger.as_ref().map(|l| {
+                l.append(&Record::Reset {
+                    a: account.to_owned(),
+                    t: now,
+                })
+            })
+        };
+        // Waiters blocked by what was just cleared go now.
+        self.notify.notify_waiters();
+        if let (Some(seq), Some(ledger)) = (seq, &self.ledger) {
+            ledger.wait(seq).await?;
+        }
+        Ok(())
+    }
+
+    fn max_cooldown_until(&self, now: i64) -> i64 {
+        now.saturating_add(self.max_cooldown_ms)
     }
 
     /// Rewrites the ledger to its live content now rather than at the size threshold.
@@ -449,6 +578,39 @@ impl Quota {
             let mut inner = self.lock();
             ledger.compact(inner.compacted(self.clock.now_ms(), self.days));
         }
+    }
+}
+
+/// A ledger record within the bounds anything stored may have (a clock that ran ahead, a
+/// hand-edited or hostile file), and whether it had to be changed.
+fn bound(record: Record, now: i64, days: Days, max_cooldown_ms: i64) -> (Record, bool) {
+    let at_most = |v: i64, max: i64| (v.min(max), v > max);
+    match record {
+        Record::Grant { a, t } => {
+            let (t, c) = at_most(t, now);
+            (Record::Grant { a, t }, c)
+        }
+        Record::DayCount { a, t, n } => {
+            let (t, c) = at_most(t, now);
+            (Record::DayCount { a, t, n }, c)
+        }
+        Record::Unattributed { t, n } => {
+            let (t, c) = at_most(t, now);
+            (Record::Unattributed { t, n }, c)
+        }
+        Record::CoolDown { a, until } => {
+            let (until, c) = at_most(until, now.saturating_add(max_cooldown_ms));
+            (Record::CoolDown { a, until }, c)
+        }
+        Record::Exhausted { a, until } => {
+            let (until, c) = at_most(until, days.next_reset(now));
+            (Record::Exhausted { a, until }, c)
+        }
+        Record::MinuteFull { until } => {
+            let (until, c) = at_most(until, now.saturating_add(window::MINUTE_MS));
+            (Record::MinuteFull { until }, c)
+        }
+        Record::Reset { a, t } => (Record::Reset { a, t }, false),
     }
 }
 
@@ -507,16 +669,18 @@ impl Inner {
         account: &str,
         now: i64,
         days: Days,
+        max_cooldown_ms: i64,
         ledger: Option<&Ledger>,
     ) -> (usize, (Reason, u64)) {
         let limits = self.limits_for(account);
         // Only reachable if a caller's ticket vanished; a 1 ms retry is harmless then.
         let mut blocked = (Reason::Minute, 1);
         let mut handed = 0;
+        self.penalty.settle(now);
         let Some(acct) = self.accounts.get_mut(account) else {
             return (handed, blocked);
         };
-        acct.trim(now);
+        acct.settle(now, now.saturating_add(max_cooldown_ms), days);
         while let Some(&ticket) = acct.queue.front() {
             if let Some(refusal) = window::refusal(acct, &self.penalty, limits, days, now) {
                 blocked = refusal;
@@ -549,8 +713,13 @@ impl Inner {
         (handed, blocked)
     }
 
-    fn apply(&mut self, record: Record, now: i64, days: Days) {
+    /// Loads one ledger record. Whatever it says is bounded first: no time after `now`, no
+    /// cool-down past the cap, no "day used up" past the next reset, no minute held full for
+    /// more than a minute (see `Account::settle`); `clamped` then asks for a rewrite.
+    fn apply(&mut self, record: Record, now: i64, days: Days, max_cooldown_ms: i64) {
         let today = days.index(now);
+        let (record, clamped) = bound(record, now, days, max_cooldown_ms);
+        self.clamped |= clamped;
         match record {
             Record::Grant { a, t } => {
                 let acct = self.accounts.entry(a).or_default();
@@ -579,7 +748,15 @@ impl Inner {
             Record::MinuteFull { until } => {
                 self.penalty.minute_full_until = self.penalty.minute_full_until.max(until);
             }
+            Record::Reset { a, .. } => self.reset(&a),
         }
+    }
+
+    fn reset(&mut self, account: &str) {
+        if let Some(acct) = self.accounts.get_mut(account) {
+            acct.reset();
+        }
+        self.penalty = Penalty::default();
     }
 
     /// The live state as ledger content: grants still in a minute window one by one (their
@@ -677,8 +854,13 @@ impl Waiter {
             let now = quota.clock.now_ms();
             let (step, wake) = {
                 let mut inner = quota.lock();
-                let (handed, blocked) =
-                    inner.serve(&self.account, now, quota.days, quota.ledger.as_ref());
+                let (handed, blocked) = inner.serve(
+                    &self.account,
+                    now,
+                    quota.days,
+                    quota.max_cooldown_ms,
+                    quota.ledger.as_ref(),
+                );
                 let mine = inner.take_ready(&self.account, self.ticket);
                 let wake = handed > usize::from(mine.is_some());
                 let step = match mine {

@@ -189,7 +189,12 @@ fn rate_limited_without_retry_after_waits_a_minute() {
 fn daily_exhausted_blocks_until_the_day_reset() {
     let (_, q) = manual(limits(60, 2000), T);
     grant(q.acquire("a", T).unwrap());
-    q.report_outcome("a", Outcome::DailyExhausted);
+    q.report_outcome(
+        "a",
+        Outcome::DailyExhausted {
+            retry_after_ms: None,
+        },
+    );
     let next_day = MIDNIGHT + 24 * 3_600_000;
     assert_eq!(
         refusal(q.acquire("a", T + MIN).unwrap()),
@@ -475,7 +480,12 @@ fn grants_and_blocks_survive_reopen() {
             retry_after_ms: Some(30_000),
         },
     );
-    q.report_outcome("c", Outcome::DailyExhausted);
+    q.report_outcome(
+        "c",
+        Outcome::DailyExhausted {
+            retry_after_ms: None,
+        },
+    );
     let before: Vec<_> = ["a", "b", "c"].map(|a| q.snapshot(a, T + 10)).into();
     drop(q);
     let (q, warnings) = Quota::open(dir.path(), QuotaConfig::default(), clock).unwrap();
@@ -696,5 +706,438 @@ fn kill_9_never_undercounts() {
     assert!(
         used >= reported as u64,
         "ledger holds {used} < {reported} reported"
+    );
+}
+
+// Hardening (issue 13 items 3-6, issue 15): nothing stored or reported blocks an account
+// beyond a sane bound, and an unwritable ledger still counts what it holds.
+
+const CAP: i64 = 15 * MIN;
+
+fn ledger_lines(records: &[String]) -> Vec<u8> {
+    records
+        .iter()
+        .flat_map(|r| format!("{r}\n").into_bytes())
+        .collect()
+}
+
+#[test]
+fn a_huge_retry_after_is_capped_and_does_not_overflow() {
+    let (clock, q) = manual(limits(60, 2000), T);
+    q.report_outcome(
+        "a",
+        Outcome::RateLimited {
+            retry_after_ms: Some(u64::MAX),
+        },
+    );
+    assert_eq!(
+        refusal(q.acquire("a", T).unwrap()),
+        (Reason::CoolDown, CAP as u64)
+    );
+    let cd = q.snapshot("a", T).cool_down.unwrap();
+    assert_eq!((cd.until_ms, cd.remaining_ms), (T + CAP, CAP as u64));
+    // A second huge report does not stack on the first.
+    clock.set_ms(T + MIN);
+    q.report_outcome(
+        "a",
+        Outcome::RateLimited {
+            retry_after_ms: Some(99_999_999_999_000),
+        },
+    );
+    assert_eq!(
+        refusal(q.acquire("a", T + MIN).unwrap()),
+        (Reason::CoolDown, CAP as u64)
+    );
+    grant(q.acquire("a", T + MIN + CAP).unwrap());
+
+    // The cap is configurable and bounds the default cool-down too.
+    let cfg = QuotaConfig {
+        max_cooldown_ms: 5_000,
+        ..config(limits(60, 2000))
+    };
+    let q = Quota::in_memory(cfg, ManualClock::new(T)).unwrap();
+    q.report_outcome(
+        "a",
+        Outcome::RateLimited {
+            retry_after_ms: None,
+        },
+    );
+    assert_eq!(
+        refusal(q.acquire("a", T).unwrap()),
+        (Reason::CoolDown, 5_000)
+    );
+    for bad in [0, MAX_COOLDOWN_CAP_MS + 1] {
+        let cfg = QuotaConfig {
+            max_cooldown_ms: bad,
+            ..QuotaConfig::default()
+        };
+        assert!(matches!(
+            Quota::in_memory(cfg, ManualClock::new(T)),
+            Err(QuotaError::Config(_))
+        ));
+    }
+}
+
+#[test]
+fn a_cool_down_in_the_ledger_is_capped_on_load() {
+    let dir = tempfile::tempdir().unwrap();
+    // What an uncapped daemon wrote for `Retry-After: 99999999999`.
+    write_ledger(
+        dir.path(),
+        &ledger_lines(&[format!(
+            r#"{{"k":"c","a":"a","until":{}}}"#,
+            T + 99_999_999_999_000
+        )]),
+    );
+    let clock = ManualClock::new(T);
+    let (q, warnings) = Quota::open(dir.path(), QuotaConfig::default(), clock.clone()).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        refusal(q.acquire("a", T).unwrap()),
+        (Reason::CoolDown, CAP as u64)
+    );
+    drop(q);
+    // Rewritten bounded: a later start does not restart the cap from its own "now".
+    clock.set_ms(T + 10 * MIN);
+    let (q, _) = Quota::open(dir.path(), QuotaConfig::default(), clock.clone()).unwrap();
+    assert_eq!(
+        refusal(q.acquire("a", T + 10 * MIN).unwrap()),
+        (Reason::CoolDown, 5 * MIN as u64)
+    );
+    grant(q.acquire("a", T + CAP).unwrap());
+    // A smaller cap configured later applies to what is stored.
+    drop(q);
+    let cfg = QuotaConfig {
+        max_cooldown_ms: 1_000,
+        ..QuotaConfig::default()
+    };
+    write_ledger(
+        dir.path(),
+        &ledger_lines(&[format!(r#"{{"k":"c","a":"a","until":{}}}"#, T + CAP)]),
+    );
+    let (q, _) = Quota::open(dir.path(), cfg, ManualClock::new(T)).unwrap();
+    assert_eq!(
+        refusal(q.acquire("a", T).unwrap()),
+        (Reason::CoolDown, 1_000)
+    );
+}
+
+#[test]
+fn future_entries_in_the_ledger_are_clamped_to_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let ahead = T + 5 * 3_600_000;
+    let mut lines: Vec<String> = (0..60)
+        .map(|i| format!(r#"{{"k":"g","a":"a","t":{}}}"#, ahead + i))
+        .collect();
+    lines.push(format!(
+        r#"{{"k":"d","a":"b","t":{},"n":7}}"#,
+        ahead + 86_400_000
+    ));
+    lines.push(format!(
+        r#"{{"k":"x","a":"c","until":{}}}"#,
+        ahead + 30 * 86_400_000
+    ));
+    lines.push(format!(r#"{{"k":"m","until":{}}}"#, ahead));
+    write_ledger(dir.path(), &ledger_lines(&lines));
+    let clock = ManualClock::new(T);
+    let (q, _) = Quota::open(dir.path(), QuotaConfig::default(), clock.clone()).unwrap();
+    // The 60 grants still count (nothing is under-counted), but as made now: the minute
+    // frees a minute from now, not five hours and a minute from now.
+    assert_eq!(
+        refusal(q.acquire("a", T).unwrap()),
+        (Reason::Minute, MIN as u64)
+    );
+    let s = q.snapshot("a", T);
+    assert_eq!(
+        (s.minute.used, s.minute.reset_in_ms, s.day.used),
+        (60, 60_000, 60)
+    );
+    // Tomorrow's count is charged to today; "used up" ends at the next reset; the
+    // every-minute-full mark lasts a minute.
+    assert_eq!(q.snapshot("b", T).day.used, 7);
+    let next_day = MIDNIGHT + 24 * 3_600_000;
+    assert_eq!(
+        refusal(q.acquire("c", T + MIN).unwrap()),
+        (Reason::Day, (next_day - T - MIN) as u64)
+    );
+    assert_eq!(
+        refusal(q.acquire("b", T).unwrap()),
+        (Reason::Minute, MIN as u64)
+    );
+    grant(q.acquire("b", T + MIN).unwrap());
+    grant(q.acquire("a", T + MIN).unwrap());
+    grant(q.acquire("c", next_day).unwrap());
+}
+
+#[test]
+fn a_clock_stepped_back_blocks_the_minute_for_at_most_a_minute() {
+    let (_, q) = manual(limits(2, 100), T);
+    let ahead = T + 3 * 3_600_000;
+    for _ in 0..2 {
+        grant(q.acquire("a", ahead).unwrap());
+    }
+    // The clock is corrected by three hours: the two grants count, for one minute.
+    assert_eq!(
+        refusal(q.acquire("a", T).unwrap()),
+        (Reason::Minute, MIN as u64)
+    );
+    assert_eq!(q.snapshot("a", T).minute.reset_in_ms, MIN as u64);
+    grant(q.acquire("a", T + MIN).unwrap());
+}
+
+#[test]
+fn insufficient_quota_without_a_day_limit_only_honours_a_capped_retry_after() {
+    let mut cfg = config(limits(60, 2000));
+    cfg.account_limits
+        .insert("openai".into(), Limits::UNLIMITED);
+    let q = Quota::in_memory(cfg, ManualClock::new(T)).unwrap();
+    grant(q.acquire("openai", T).unwrap());
+    q.report_outcome(
+        "openai",
+        Outcome::DailyExhausted {
+            retry_after_ms: None,
+        },
+    );
+    let s = q.snapshot("openai", T);
+    assert!(!s.day.exhausted && s.cool_down.is_none(), "{s:?}");
+    assert_eq!((s.day.used, s.day.limit), (1, None));
+    grant(q.acquire("openai", T).unwrap());
+    q.report_outcome(
+        "openai",
+        Outcome::DailyExhausted {
+            retry_after_ms: Some(20_000),
+        },
+    );
+    assert_eq!(
+        refusal(q.acquire("openai", T).unwrap()),
+        (Reason::CoolDown, 20_000)
+    );
+    assert!(!q.snapshot("openai", T).day.exhausted);
+    q.report_outcome(
+        "openai",
+        Outcome::DailyExhausted {
+            retry_after_ms: Some(u64::MAX),
+        },
+    );
+    assert_eq!(
+        refusal(q.acquire("openai", T).unwrap()),
+        (Reason::CoolDown, CAP as u64)
+    );
+    grant(q.acquire("openai", T + CAP).unwrap());
+    // A "used up" mark an older daemon stored for it blocks nothing.
+    let dir = tempfile::tempdir().unwrap();
+    write_ledger(
+        dir.path(),
+        &ledger_lines(&[format!(
+            r#"{{"k":"x","a":"openai","until":{}}}"#,
+            MIDNIGHT + 24 * 3_600_000
+        )]),
+    );
+    let mut cfg = QuotaConfig::default();
+    cfg.account_limits
+        .insert("openai".into(), Limits::UNLIMITED);
+    let (reopened, _) = Quota::open(dir.path(), cfg, ManualClock::new(T)).unwrap();
+    grant(reopened.acquire("openai", T).unwrap());
+    assert!(!reopened.snapshot("openai", T).day.exhausted);
+    // Qwen OAuth has a day of ours: there it still means the day is used up.
+    q.report_outcome(
+        "qwen",
+        Outcome::DailyExhausted {
+            retry_after_ms: Some(1_000),
+        },
+    );
+    assert_eq!(refusal(q.acquire("qwen", T).unwrap()).0, Reason::Day);
+}
+
+#[test]
+fn reset_clears_counters_and_blocks_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T);
+    let cfg = || config(limits(3, 5));
+    let (q, _) = Quota::open(dir.path(), cfg(), clock.clone()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        grant(q.acquire("a", T).unwrap());
+        grant(q.acquire("b", T).unwrap());
+    }
+    q.report_outcome(
+        "a",
+        Outcome::RateLimited {
+            retry_after_ms: Some(600_000),
+        },
+    );
+    q.report_outcome(
+        "a",
+        Outcome::DailyExhausted {
+            retry_after_ms: None,
+        },
+    );
+    rt.block_on(q.reset("a")).unwrap();
+    let s = q.snapshot("a", T);
+    assert_eq!((s.minute.used, s.day.used, s.day.exhausted), (0, 0, false));
+    assert!(s.cool_down.is_none());
+    assert_eq!(
+        q.snapshot("b", T).minute.used,
+        3,
+        "other accounts keep theirs"
+    );
+    grant(q.acquire("a", T + 1).unwrap());
+    drop(q);
+    // Durable: a restart neither brings back what was reset nor drops what came after.
+    let (q, warnings) = Quota::open(dir.path(), cfg(), clock.clone()).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let s = q.snapshot("a", T + 1);
+    assert_eq!((s.minute.used, s.day.used), (1, 1));
+    assert!(s.cool_down.is_none() && !s.day.exhausted);
+    assert_eq!(q.snapshot("b", T + 1).minute.used, 3);
+    // Also after compaction.
+    q.compact();
+    drop(q);
+    let (q, _) = Quota::open(dir.path(), cfg(), clock).unwrap();
+    assert_eq!(q.snapshot("a", T + 1).day.used, 1);
+    assert_eq!(q.snapshot("b", T + 1).day.used, 3);
+}
+
+#[tokio::test]
+async fn reset_admits_a_waiter_at_once() {
+    let (_, q) = manual(limits(1, 100), T);
+    grant(q.acquire("a", T).unwrap());
+    let mut waiter = pin!(q.acquire_wait("a", T + 10 * MIN));
+    assert!(poll_once(&mut waiter).await.is_none());
+    q.reset("a").await.unwrap();
+    assert_eq!(grant(waiter.await.unwrap()).at_ms, T);
+}
+
+#[test]
+fn a_ledger_that_is_not_a_regular_file_is_refused_without_hanging() {
+    for kind in ["fifo", "dir"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ledger::LEDGER_FILE);
+        match kind {
+            "fifo" => rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &path,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                0,
+            )
+            .unwrap(),
+            _ => std::fs::create_dir(&path).unwrap(),
+        }
+        let (q, warnings) =
+            Quota::open(dir.path(), config(limits(2, 100)), ManualClock::new(T)).unwrap();
+        let text = format!("{warnings:?}");
+        assert!(text.contains("not a regular file"), "{kind}: {text}");
+        assert!(q.ledger_path().is_none());
+        // Counting goes on in memory, and says so.
+        for _ in 0..2 {
+            grant(q.acquire("a", T).unwrap());
+        }
+        assert_eq!(refusal(q.acquire("a", T).unwrap()).0, Reason::Minute);
+        let s = q.snapshot("a", T);
+        assert!(s.warnings[0].contains("in memory"), "{:?}", s.warnings);
+    }
+}
+
+const READ_ONLY_CHILD_ENV: &str = "QWEND_QUOTA_READ_ONLY_CHILD_DIR";
+
+/// Not a test on its own: run by `a_read_only_ledger_is_loaded_and_counted_in_memory`
+/// (without the right to write where it is not allowed, even as root) to open the quota in
+/// a read-only dir and print what it counts.
+#[test]
+fn read_only_child() {
+    let Ok(dir) = std::env::var(READ_ONLY_CHILD_ENV) else {
+        return;
+    };
+    let (q, warnings) = Quota::open(
+        Path::new(&dir),
+        config(limits(60, 2000)),
+        ManualClock::new(T),
+    )
+    .unwrap();
+    let first = q.snapshot("a", T);
+    let mut granted = 0;
+    while q.acquire("a", T).unwrap().is_granted() {
+        granted += 1;
+    }
+    let then = q.snapshot("a", T);
+    println!(
+        "{}",
+        serde_json::json!({
+            "warnings": warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "minute_used": first.minute.used,
+            "day_used": first.day.used,
+            "granted": granted,
+            "snapshot_warnings": then.warnings,
+        })
+    );
+}
+
+#[test]
+fn a_read_only_ledger_is_loaded_and_counted_in_memory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let quota_dir = dir.path().join("quota");
+    std::fs::create_dir(&quota_dir).unwrap();
+    // 50 grants in the last second, against a limit of 60.
+    let lines: Vec<String> = (0..50)
+        .map(|i| format!(r#"{{"k":"g","a":"a","t":{}}}"#, T - 1_000 + i))
+        .collect();
+    write_ledger(&quota_dir, &ledger_lines(&lines));
+    let before = std::fs::read(quota_dir.join(ledger::LEDGER_FILE)).unwrap();
+    let set = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    set(&quota_dir.join(ledger::LEDGER_FILE), 0o400).unwrap();
+    set(&quota_dir, 0o500).unwrap();
+
+    let module = module_path!().split_once("::").map_or("", |(_, rest)| rest);
+    let name = format!("{module}::read_only_child");
+    // Root writes anywhere; without CAP_DAC_OVERRIDE it obeys the modes like anyone.
+    let root = rustix::process::geteuid().is_root();
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--bounding-set=-dac_override,-dac_read_search", "--"])
+            .arg(std::env::current_exe().unwrap());
+        c
+    } else {
+        Command::new(std::env::current_exe().unwrap())
+    };
+    let out = cmd
+        .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(READ_ONLY_CHILD_ENV, &quota_dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cannot run the child (setpriv from util-linux is needed as root)");
+    set(&quota_dir, 0o700).unwrap();
+    assert!(out.status.success(), "child failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.find('{').map(|i| &l[i..]))
+        .unwrap_or_else(|| panic!("no report from the child:\n{stdout}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(
+        (v["minute_used"].as_u64(), v["day_used"].as_u64()),
+        (Some(50), Some(50)),
+        "{v}"
+    );
+    assert_eq!(v["granted"], 10, "only the rest of the minute: {v}");
+    assert!(
+        v["warnings"][0].as_str().unwrap().contains("in memory"),
+        "{v}"
+    );
+    assert!(
+        v["snapshot_warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("Permission denied"),
+        "{v}"
+    );
+    // Nothing was written, and nothing was lost.
+    assert_eq!(
+        std::fs::read(quota_dir.join(ledger::LEDGER_FILE)).unwrap(),
+        before
     );
 }

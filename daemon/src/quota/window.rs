@@ -74,12 +74,42 @@ impl Account {
         }
     }
 
+    /// `trim` plus the bounds no stored time may exceed: a grant is never later than now (a
+    /// clock that ran ahead and was set back must not hold the rolling minute for hours, so
+    /// a window never blocks longer than its length), a cool-down never reaches past
+    /// `max_cooldown_until`, and "the day is used up" never outlasts the day it was said in.
+    /// Clamping a future grant to now keeps it counted, in the current minute and day.
+    pub fn settle(&mut self, now: i64, max_cooldown_until: i64, days: Days) {
+        if self.minute.back().is_some_and(|&t| t > now) {
+            let later = self.minute.iter().rev().take_while(|&&t| t > now).count();
+            for t in self.minute.iter_mut().rev().take(later) {
+                *t = now;
+            }
+        }
+        self.trim(now);
+        // A count kept for a later day is today's (charged, not dropped).
+        self.day = self.day.min(days.index(now));
+        self.last_grant = self.last_grant.min(now);
+        self.cooldown_until = self.cooldown_until.min(max_cooldown_until);
+        self.exhausted_until = self.exhausted_until.min(days.next_reset(now));
+    }
+
+    /// Forgets usage and blocks (`qwen quota reset`); callers waiting stay queued.
+    pub fn reset(&mut self) {
+        self.minute.clear();
+        self.day = i64::MIN;
+        self.day_used = 0;
+        self.last_grant = i64::MIN;
+        self.cooldown_until = i64::MIN;
+        self.exhausted_until = i64::MIN;
+    }
+
     pub fn add_minute(&mut self, t: i64, now: i64) {
         if t <= now - MINUTE_MS {
             return;
         }
         // Sorted insert rather than push: a clock stepped backwards must not break the order
-        // `trim` relies on. Times in the future stay counted until they age out (conservative).
+        // `trim` relies on. Times in the future are clamped to now by `settle`.
         let at = self.minute.partition_point(|&x| x <= t);
         self.minute.insert(at, t);
     }
@@ -130,6 +160,15 @@ impl Default for Penalty {
 impl Penalty {
     pub fn is_relevant(t: i64, now: i64, days: Days) -> bool {
         t > now - MINUTE_MS || days.index(t) >= days.index(now)
+    }
+
+    /// The same bounds as `Account::settle`: nothing dated after now, and "every minute
+    /// window is full" for at most one minute.
+    pub fn settle(&mut self, now: i64) {
+        for (t, _) in &mut self.grants {
+            *t = (*t).min(now);
+        }
+        self.minute_full_until = self.minute_full_until.min(now.saturating_add(MINUTE_MS));
     }
 }
 
@@ -186,11 +225,13 @@ pub(super) fn refusal(
         }
     };
     block(Reason::CoolDown, acct.cooldown_until);
-    block(Reason::Day, acct.exhausted_until);
-    if let Some(per_day) = limits.per_day
-        && day_used(acct, pen, days, now) >= per_day
-    {
-        block(Reason::Day, days.next_reset(now));
+    if let Some(per_day) = limits.per_day {
+        // "Used up" means something only where we keep a day: a mark left for an account
+        // without one (an older daemon's, for the openai method) blocks nothing.
+        block(Reason::Day, acct.exhausted_until);
+        if day_used(acct, pen, days, now) >= per_day {
+            block(Reason::Day, days.next_reset(now));
+        }
     }
     if let Some(per_minute) = limits.per_minute {
         block(Reason::Minute, pen.minute_full_until);

@@ -7,7 +7,7 @@ use serde_json::Value;
 use qwend_shared::api::quota_server::Quota as QuotaRpc;
 use qwend_shared::api::{
     self as api, AcquirePermitRequest, AcquirePermitResponse, GetQuotaRequest,
-    ReportOutcomeRequest, ReportOutcomeResponse,
+    ReportOutcomeRequest, ReportOutcomeResponse, ResetQuotaRequest, ResetQuotaResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -22,6 +22,9 @@ use qwend_shared::api::event::Kind;
 
 /// Longest a caller may ask the daemon to hold an `AcquirePermit` call.
 const MAX_WAIT_MS: u64 = 10 * 60 * 1000;
+
+/// Longest account name `ResetQuota` accepts (real ones are under 30 bytes).
+const MAX_ACCOUNT_LEN: usize = 128;
 
 #[derive(Debug, Clone)]
 pub struct QuotaService {
@@ -169,6 +172,7 @@ pub fn snapshot_to_api(account: &str, s: &Snapshot) -> api::QuotaStatus {
         }),
         cool_down_ms: s.cool_down.as_ref().map_or(0, |c| c.remaining_ms),
         waiting: s.waiting as u32,
+        warnings: s.warnings.clone(),
     }
 }
 
@@ -220,7 +224,9 @@ impl QuotaRpc for QuotaService {
         let req = req.into_inner();
         let account = self.account(client_ctx(req.client)).await?;
         let outcome = if req.daily_exhausted {
-            Outcome::DailyExhausted
+            Outcome::DailyExhausted {
+                retry_after_ms: req.retry_after_ms,
+            }
         } else if req.http_status == 429 {
             Outcome::RateLimited {
                 retry_after_ms: req.retry_after_ms,
@@ -245,6 +251,33 @@ impl QuotaRpc for QuotaService {
     ) -> Result<Response<api::QuotaStatus>, Status> {
         let account = self.account(client_ctx(req.into_inner().client)).await?;
         Ok(Response::new(self.status(&account)))
+    }
+
+    async fn reset_quota(
+        &self,
+        req: Request<ResetQuotaRequest>,
+    ) -> Result<Response<ResetQuotaResponse>, Status> {
+        let req = req.into_inner();
+        let account: Arc<str> = match req.account.as_deref().map(str::trim) {
+            Some(named) if !named.is_empty() => {
+                if named.len() > MAX_ACCOUNT_LEN || named.chars().any(char::is_control) {
+                    let prefix: String = named.chars().take(40).collect();
+                    return Err(Status::invalid_argument(format!(
+                        "not an account name: {prefix:?}"
+                    )));
+                }
+                Arc::from(named)
+            }
+            _ => self.account(client_ctx(req.client)).await?,
+        };
+        self.quota
+            .reset(&account)
+            .await
+            .map_err(|e| Status::unavailable(format!("quota ledger: {e}")))?;
+        tracing::info!(%account, "quota reset");
+        let quota = self.status(&account);
+        self.announce(&quota);
+        Ok(Response::new(ResetQuotaResponse { quota: Some(quota) }))
     }
 }
 
