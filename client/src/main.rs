@@ -31,6 +31,9 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(code) => code,
+        // Commands that write with `write!` report the closed stdout as an error: the same
+        // quiet ending as a `println!` (see `quiet_on_closed_stdout`).
+        Err(error::ClientError::Output(msg)) if is_broken_pipe_text(&msg) => ExitCode::SUCCESS,
         Err(e) => {
             if !matches!(e, error::ClientError::Exit(_)) {
                 eprintln!("qwen: {e}");

@@ -396,7 +396,11 @@ mod tests {
         };
         assert_eq!(
             differing_settings(&daemon, other),
-            ["QWEND_QUOTA_PER_DAY", "QWEND_STATE_DIR", "QWEN_OAUTH_BASE_URL"]
+            [
+                "QWEND_QUOTA_PER_DAY",
+                "QWEND_STATE_DIR",
+                "QWEN_OAUTH_BASE_URL"
+            ]
         );
     }
 }

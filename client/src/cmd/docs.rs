@@ -95,12 +95,14 @@ mod tests {
         let top = page(&[]);
         let tree = man_tree();
         for sub in tree.get_subcommands().filter(|s| !s.is_hide_set()) {
-            let name = format!("qwen\\-{}", sub.get_name());
-            assert!(top.contains(&format!("{name}(1)")), "qwen(1) lacks {name}");
-            let p = page(&[sub.get_name()]);
-            assert!(p.starts_with(".ie"), "{p}");
-            assert!(p.contains(&format!(".TH {name} 1")), "{}: {p}", sub.get_name());
+            let name = sub.get_name();
+            assert!(
+                top.contains(&format!("qwen\\-{name}(1)")),
+                "qwen(1) lacks {name}"
+            );
+            let p = page(&[name]);
+            assert!(p.contains(&format!(".TH qwen-{name} 1")), "{name}: {p}");
         }
-        assert!(page(&["daemon", "stop"]).contains(".TH qwen\\-daemon\\-stop 1"));
+        assert!(page(&["daemon", "stop"]).contains(".TH qwen-daemon-stop 1"));
     }
 }

@@ -177,9 +177,9 @@ pub fn install(
             println!("wrote {}", path.display());
         }
         match kind {
-            ServiceKind::Systemd => println!(
-                "enabled qwend.socket: the first client now starts qwend through systemd"
-            ),
+            ServiceKind::Systemd => {
+                println!("enabled qwend.socket: the first client now starts qwend through systemd")
+            }
             ServiceKind::Launchd => println!("loaded {LAUNCHD_LABEL}"),
         }
     }
@@ -270,10 +270,7 @@ pub fn uninstall(kind: Option<ServiceKind>, as_json: bool) -> Result<ExitCode, C
         let _ = run("systemctl", &["--user", "daemon-reload"]);
     }
     if as_json {
-        println!(
-            "{}",
-            json!({"kind": kind_name(kind), "removed": removed})
-        );
+        println!("{}", json!({"kind": kind_name(kind), "removed": removed}));
     } else {
         for path in &removed {
             println!("removed {}", path.display());
