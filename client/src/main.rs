@@ -25,7 +25,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(cmd::run(cli));
+    let result = runtime.block_on(async {
+        let result = cmd::run(cli).await;
+        cmd::daemon::settings_checked().await;
+        result
+    });
     // A blocking helper still running (a browser launcher that stays in the foreground)
     // must not keep the command from exiting.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));

@@ -155,25 +155,52 @@ fn human_duration(secs: u64) -> String {
     }
 }
 
+/// The settings check of this process, running beside the command's own calls.
+static SETTINGS_CHECK: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>> =
+    std::sync::Mutex::new(None);
+static CHECK_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// On connecting to a daemon that was already running: one warning when it started with
-/// settings other than this client's environment (it reads them only at start). One
-/// `Status` call on the connection the command uses anyway; bounded, and silent on any
-/// failure (the command's own call reports a broken daemon).
-pub async fn warn_on_stale_settings(channel: &Channel) {
-    let mut client = DaemonClient::new(channel.clone());
-    let call = client.status(StatusRequest {});
-    let Ok(Ok(reply)) = tokio::time::timeout(CHECK_BUDGET, call).await else {
+/// settings other than this client's environment (it reads them only at start). The
+/// `Status` call goes out on the command's own connection, concurrently with the
+/// command's calls (HTTP/2 multiplexes them), so it adds no round trip; [`settings_checked`]
+/// waits for it, bounded. Silent on any failure: the command's own call reports a broken
+/// daemon.
+pub fn check_settings(channel: &Channel) {
+    // One warning per process: a second connection needs no second check.
+    if CHECK_STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         return;
-    };
-    let reply = reply.into_inner();
-    let differs = differing_settings(&reply.start_settings, |k| std::env::var(k).ok());
-    if !differs.is_empty() {
-        term::warn(&format!(
-            "the running qwend (pid {}) started with other {}; it reads {} only at start: run `qwen daemon restart` to apply yours",
-            reply.pid,
-            differs.join(", "),
-            if differs.len() == 1 { "it" } else { "them" }
-        ));
+    }
+    let mut client = DaemonClient::new(channel.clone());
+    let task = tokio::spawn(async move {
+        let Ok(reply) = client.status(StatusRequest {}).await else {
+            return;
+        };
+        let reply = reply.into_inner();
+        let differs = differing_settings(&reply.start_settings, |k| std::env::var(k).ok());
+        if !differs.is_empty() {
+            term::warn(&format!(
+                "the running qwend (pid {}) started with other {}; it reads {} only at start: run `qwen daemon restart` to apply yours",
+                reply.pid,
+                differs.join(", "),
+                if differs.len() == 1 { "it" } else { "them" }
+            ));
+        }
+    });
+    *SETTINGS_CHECK.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+}
+
+/// Lets a pending settings check finish (at most a short bound), so its warning is shown
+/// before the command hands over to a child or exits.
+pub async fn settings_checked() {
+    let task = SETTINGS_CHECK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(mut task) = task {
+        if tokio::time::timeout(CHECK_BUDGET, &mut task).await.is_err() {
+            task.abort();
+        }
     }
 }
 

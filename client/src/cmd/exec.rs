@@ -39,6 +39,7 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
         term::warn(w);
     }
     drop(channel);
+    super::daemon::settings_checked().await;
 
     let trusted = unsafe_env::trusted_files(ctx.env.get("HOME").map(String::as_str));
     let (vars, dropped) = unsafe_env::split(resolved.vars, args.allow_unsafe_env, &trusted);
