@@ -44,7 +44,9 @@ pub struct ExecArgs {
     /// Run in this directory, with the .env and credentials that apply there.
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
-    /// Also load keys that can inject code into CMD (LD_PRELOAD, NODE_OPTIONS, ...) from a project .env.
+    /// Also load keys that can make CMD run code (LD_PRELOAD, GIT_DIR, NODE_OPTIONS, HOME,
+    /// XDG_*, npm_config_*, ...) from a project .env; the user's ~/.qwen/.env and ~/.env
+    /// may always set them.
     #[arg(long)]
     pub allow_unsafe_env: bool,
     /// The command and its arguments.
@@ -78,8 +80,19 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff): `qwen man > qwen.1`.
-    Man,
+    /// Print a man page (roff): `qwen man > qwen.1`, `qwen man auth > qwen-auth.1`, or
+    /// write every page with `qwen man --dir DIR`.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The subcommand whose page to print (`auth`, `daemon stop`, ...); none: qwen(1).
+    #[arg(value_name = "SUBCOMMAND")]
+    pub command: Vec<String>,
+    /// Write every page (qwen.1, qwen-auth.1, qwen-auth-status.1, ...) into DIR instead.
+    #[arg(long, value_name = "DIR", conflicts_with = "command")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,14 +112,18 @@ pub enum DaemonAction {
     Status,
     /// Start the daemon if it is not running.
     Start,
-    /// Stop the daemon (it finishes in-flight calls first).
+    /// Stop the daemon (it finishes in-flight calls first). A daemon that does not answer
+    /// or does not exit gets SIGTERM, then SIGKILL after a grace period.
     Stop,
+    /// Stop the daemon and start it again with this environment: applies the settings it
+    /// reads only at start (QWEN_OAUTH_BASE_URL, QWEND_QUOTA_*, QWEN_CREDENTIAL_STORE, ...).
+    Restart,
     /// Register qwend with the service manager (systemd user units with socket
     /// activation on Linux, a LaunchAgent on macOS) and enable it.
     Install {
         #[command(flatten)]
         kind: ServiceChoice,
-        /// Print the unit files instead of installing them.
+        /// Print the unit files and where they would go, instead of installing them.
         #[arg(long)]
         print: bool,
     },
@@ -152,6 +169,10 @@ pub struct EnvArgs {
     /// Print `export KEY='value'` lines for a POSIX shell (`eval "$(qwen env --export)"`).
     #[arg(long, conflicts_with = "json")]
     pub export: bool,
+    /// With --export, also export keys that can make programs run code (LD_PRELOAD,
+    /// GIT_DIR, NODE_OPTIONS, ...) from a project .env; see `qwen exec --allow-unsafe-env`.
+    #[arg(long, requires = "export")]
+    pub allow_unsafe_env: bool,
     /// Show values of keys that look secret (containing KEY, TOKEN, SECRET, PASSWORD).
     #[arg(long)]
     pub show_secrets: bool,

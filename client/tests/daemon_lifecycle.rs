@@ -219,3 +219,142 @@ fn another_uid_is_refused_with_permission_denied() {
     let err = text(&out.stderr);
     assert!(err.contains("caller is uid 65534"), "{err}");
 }
+
+#[test]
+fn a_setting_read_at_start_that_differs_gets_one_warning_until_restart() {
+    let env = TestEnv::new();
+    let first = env.daemon_pid();
+    // Same environment: nothing to say.
+    let out = env.qwen(&["quota"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("restart"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let changed = |args: &[&str]| {
+        env.qwen_cmd(args)
+            .env("QWEND_QUOTA_PER_DAY", "5")
+            .env("QWEN_OAUTH_BASE_URL", "http://127.0.0.1:9")
+            .output()
+            .unwrap()
+    };
+    let out = changed(&["quota"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "one warning: {err}");
+    for needle in [
+        "QWEND_QUOTA_PER_DAY",
+        "QWEN_OAUTH_BASE_URL",
+        "qwen daemon restart",
+        &first.to_string(),
+    ] {
+        assert!(warnings[0].contains(needle), "{needle}: {err}");
+    }
+    // The daemon reports what it started with; no warning in JSON output's stdout.
+    let s = env.status();
+    assert_eq!(
+        s["start_settings"]["QWEND_STATE_DIR"],
+        env.state.display().to_string()
+    );
+    assert!(s["start_settings"].get("QWEND_QUOTA_PER_DAY").is_none());
+
+    let out = changed(&["daemon", "restart", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["previous_pid"], first);
+    let second = v["pid"].as_u64().unwrap() as u32;
+    assert_ne!(second, first);
+    assert!(!alive(first));
+    // The new daemon has the new settings: the warning is gone, and the quota uses them.
+    let out = changed(&["quota", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+    let q: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(q["day"]["limit"], 5, "{q}");
+    // And now the old environment is the one that differs.
+    let out = env.qwen(&["quota"]);
+    assert!(text(&out.stderr).contains("qwen daemon restart"));
+}
+
+#[test]
+fn restart_without_a_daemon_starts_one() {
+    let env = TestEnv::new();
+    let out = env.qwen(&["daemon", "restart"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("was not running"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(alive(env.daemon_pid()));
+}
+
+#[test]
+fn stop_ends_a_daemon_that_does_not_answer() {
+    let env = TestEnv::new();
+    let pid = env.daemon_pid();
+    kill(pid, "STOP");
+    let out = env
+        .qwen_cmd(&["daemon", "stop", "--json"])
+        .env("QWEN_STOP_GRACE_MS", "300")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pid"], pid);
+    assert_eq!(v["forced"], "SIGTERM");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains("not answering"),
+        "{err}"
+    );
+    // stop returned once the lock was released: the process is on its way out.
+    while alive(pid) {
+        std::thread::yield_now();
+    }
+    // SIGTERM (with SIGCONT) let it shut down cleanly: the socket is gone.
+    assert!(!env.socket.exists());
+    assert_ne!(env.daemon_pid(), pid);
+}
+
+#[test]
+fn stop_kills_a_lock_holder_that_ignores_sigterm() {
+    // A stand-in for a daemon wedged beyond SIGTERM: it holds the lock beside the socket,
+    // records its pid there like qwend, ignores TERM, and never answers.
+    let env = TestEnv::new();
+    let dir = env.socket.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let lock = dir.join("qwend.sock.lock");
+    let script =
+        r#"trap '' TERM; exec 9>>"$1"; flock -x 9; echo $$ > "$1"; echo ready; exec sleep 600"#;
+    let mut holder = std::process::Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(&lock)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let out = env
+        .qwen_cmd(&["daemon", "stop"])
+        .env("QWEN_STOP_GRACE_MS", "200")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("SIGKILL"),
+        "{}",
+        text(&out.stdout)
+    );
+    let status = holder.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9));
+}

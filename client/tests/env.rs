@@ -164,3 +164,83 @@ fn bad_files_get_warnings_and_the_daemon_keeps_serving() {
     write(&ok.join(".env"), "FINE=1\n");
     assert_eq!(env_json(&env, &ok, &[])["vars"]["FINE"], "1");
 }
+
+#[test]
+fn export_comments_out_keys_that_run_code_unless_allowed() {
+    let env = TestEnv::new();
+    let proj = env.root.path().join("p");
+    write(
+        &proj.join(".env"),
+        "SAFE=1\nLD_PRELOAD=/tmp/evil.so\nNODE_OPTIONS=--require /tmp/evil.js\nGIT_DIR=/tmp/evil/.git\nBASH_ENV=\"/dev/null\ntouch /tmp/pwned\"\n",
+    );
+    let out = env
+        .qwen_cmd(&["env", "--export"])
+        .current_dir(&proj)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let err = text(&out.stderr);
+    for k in ["LD_PRELOAD", "NODE_OPTIONS", "GIT_DIR", "BASH_ENV"] {
+        assert!(
+            stdout.contains(&format!("# not exported: {k} ")),
+            "{k}: {stdout}"
+        );
+        assert!(!stdout.contains(&format!("export {k}=")), "{k}: {stdout}");
+        assert!(
+            err.lines()
+                .any(|l| l.contains("warning") && l.contains(&format!("not exporting {k} "))),
+            "{k}: {err}"
+        );
+    }
+    // No value of a refused key is printed: a newline in it would escape the comment.
+    assert!(!stdout.contains("evil"), "{stdout}");
+    assert!(!stdout.contains("pwned"), "{stdout}");
+    let script = format!(
+        "{stdout}\nprintf '%s|%s|%s' \"$SAFE\" \"${{LD_PRELOAD-unset}}\" \"${{BASH_ENV-unset}}\""
+    );
+    let sh = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert_eq!(text(&sh.stdout), "1|unset|unset");
+
+    let out = env
+        .qwen_cmd(&["env", "--export", "--allow-unsafe-env"])
+        .current_dir(&proj)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("export LD_PRELOAD='/tmp/evil.so'"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("export GIT_DIR="), "{stdout}");
+    assert!(!text(&out.stderr).contains("not exporting"));
+
+    // The flag means nothing without --export.
+    assert_eq!(
+        env.qwen(&["env", "--allow-unsafe-env"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn export_trusts_the_users_own_env_file() {
+    let env = TestEnv::new();
+    write(
+        &env.home.join(".qwen/.env"),
+        "NODE_OPTIONS=--max-old-space-size=64\n",
+    );
+    let outside = env.root.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let out = env
+        .qwen_cmd(&["env", "--export"])
+        .current_dir(&outside)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout),
+        "export NODE_OPTIONS='--max-old-space-size=64'\n"
+    );
+    assert!(!text(&out.stderr).contains("not exporting"));
+}

@@ -35,6 +35,11 @@ const UNSAFE: &[&str] = &[
     "BASH_ENV",
     "PYTHONPATH",
     "GIT_SSH_COMMAND",
+    "GIT_DIR",
+    "XDG_CONFIG_HOME",
+    "npm_config_userconfig",
+    "CARGO_HOME",
+    "PIP_CONFIG_FILE",
 ];
 
 #[test]
@@ -43,7 +48,7 @@ fn the_child_gets_the_env_file_and_the_login_but_not_code_injection_keys() {
     let proj = project(
         &env,
         &format!(
-            "OPENAI_API_KEY={KEY}\nOPENAI_BASE_URL=http://127.0.0.1:9/v1\nFOO=bar baz\nLD_PRELOAD=\nNODE_OPTIONS=--max-old-space-size=64\nBASH_ENV=/dev/null\nPYTHONPATH=/nowhere\nGIT_SSH_COMMAND=true\nPRESET=from-file\n"
+            "OPENAI_API_KEY={KEY}\nOPENAI_BASE_URL=http://127.0.0.1:9/v1\nFOO=bar baz\nLD_PRELOAD=\nNODE_OPTIONS=--max-old-space-size=64\nBASH_ENV=/dev/null\nPYTHONPATH=/nowhere\nGIT_SSH_COMMAND=true\nGIT_DIR=/nowhere/.git\nXDG_CONFIG_HOME=/nowhere\nnpm_config_userconfig=/nowhere/.npmrc\nCARGO_HOME=/nowhere\nPIP_CONFIG_FILE=/nowhere/pip.conf\nPYTHONUNBUFFERED=1\nPRESET=from-file\n"
         ),
     );
     let out = env
@@ -64,6 +69,10 @@ fn the_child_gets_the_env_file_and_the_login_but_not_code_injection_keys() {
     assert_eq!(vars["OPENAI_BASE_URL"], "http://127.0.0.1:9/v1");
     assert_eq!(vars["OPENAI_MODEL"], "qwen3.5-plus");
     assert_eq!(vars["FOO"], "bar baz");
+    assert_eq!(
+        vars["PYTHONUNBUFFERED"], "1",
+        "a harmless flag in a denied family"
+    );
     assert_eq!(
         vars["PRESET"], "from-env",
         "the environment wins over the file"
@@ -97,6 +106,69 @@ fn the_child_gets_the_env_file_and_the_login_but_not_code_injection_keys() {
     }
     assert_eq!(vars["NODE_OPTIONS"], "--max-old-space-size=64");
     assert!(!text(&out.stderr).contains("not setting"));
+}
+
+/// Issue 13: a repository's `.env` with `GIT_DIR` pointing at a repository whose config
+/// sets `core.fsmonitor` ran that command on `qwen exec -- git status`.
+#[test]
+fn a_project_git_dir_cannot_make_git_run_its_fsmonitor_hook() {
+    let has_git = std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_git {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but git is not installed"
+        );
+        eprintln!("skipped: needs git");
+        return;
+    }
+    let env = TestEnv::new();
+    let evil = env.root.path().join("evil");
+    let marker = env.root.path().join("fsmonitor-ran");
+    let hook = env.root.path().join("hook.sh");
+    std::fs::write(&hook, format!("#!/bin/sh\ntouch '{}'\n", marker.display())).unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let git = |args: &[&str]| {
+        let mut c = std::process::Command::new("git");
+        env.apply(&mut c);
+        let out = c.args(args).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    };
+    git(&["init", "-q", evil.to_str().unwrap()]);
+    git(&[
+        "-C",
+        evil.to_str().unwrap(),
+        "config",
+        "core.fsmonitor",
+        hook.to_str().unwrap(),
+    ]);
+    let proj = project(
+        &env,
+        &format!(
+            "OPENAI_API_KEY={KEY}\nGIT_DIR={}\n",
+            evil.join(".git").display()
+        ),
+    );
+    let run = |extra: &[&str]| {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--cwd", proj.to_str().unwrap(), "--", "git", "status"]);
+        env.qwen_cmd(&args).output().unwrap()
+    };
+    let out = run(&[]);
+    assert!(
+        !marker.exists(),
+        "the project's GIT_DIR made git run core.fsmonitor"
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("not setting GIT_DIR"), "{err}");
+
+    // The same repository with the user's consent: the hook does run, so the check above
+    // is a real one.
+    let _ = run(&["--allow-unsafe-env"]);
+    assert!(marker.exists(), "the attack did not work at all");
 }
 
 #[test]

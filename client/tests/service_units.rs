@@ -13,9 +13,14 @@ fn printed_units(env: &TestEnv, flag: &str) -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in text(&out.stdout).lines() {
-        if let Some(name) = line.strip_prefix("# ").filter(|n| !n.contains(' ')) {
-            current = Some(name.to_string());
-            files.insert(name.to_string(), String::new());
+        if let Some(path) = line
+            .strip_prefix("# ==> ")
+            .and_then(|l| l.strip_suffix(" <=="))
+        {
+            let name = std::path::Path::new(path).file_name().unwrap();
+            let name = name.to_string_lossy().into_owned();
+            current = Some(name.clone());
+            files.insert(name, String::new());
         } else if let Some(name) = &current {
             let f = files.get_mut(name).unwrap();
             f.push_str(line);
@@ -105,7 +110,7 @@ print("ok")
 }
 
 #[test]
-fn install_writes_units_and_reports_a_missing_user_manager_clearly() {
+fn install_reports_a_missing_user_manager_clearly_and_writes_nothing() {
     let env = TestEnv::new();
     let out = env
         .qwen_cmd(&["daemon", "install", "--systemd"])
@@ -114,19 +119,152 @@ fn install_writes_units_and_reports_a_missing_user_manager_clearly() {
         .output()
         .unwrap();
     let unit_dir = env.home.join(".config/systemd/user");
-    assert!(unit_dir.join("qwend.socket").is_file());
-    assert!(unit_dir.join("qwend.service").is_file());
-    if !out.status.success() {
-        let err = text(&out.stderr);
-        assert!(err.contains("systemctl --user"), "{err}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
-    }
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("systemctl --user") || err.contains("cannot run systemctl"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was written"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!unit_dir.join("qwend.socket").exists());
     let out = env
         .qwen_cmd(&["daemon", "uninstall", "--systemd"])
         .env("XDG_RUNTIME_DIR", env.root.path().join("no-runtime"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A stand-in `systemctl` first on PATH: answers `show`, logs every call, and fails the
+/// subcommand named in `$FAIL_AT`.
+fn fake_systemctl(env: &TestEnv) -> (std::path::PathBuf, std::path::PathBuf) {
+    let bin = env.root.path().join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = env.root.path().join("systemctl.log");
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> '{}'\nfor a in \"$@\"; do [ \"$a\" = \"$FAIL_AT\" ] && {{ echo \"Failed to $a: no\" >&2; exit 1; }}; done\nexit 0\n",
+        log.display()
+    );
+    let path = bin.join("systemctl");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path_var = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (std::path::PathBuf::from(path_var), log)
+}
+
+#[test]
+fn install_without_a_user_manager_writes_nothing() {
+    let env = TestEnv::new();
+    let (path, _) = fake_systemctl(&env);
+    let out = env
+        .qwen_cmd(&["daemon", "install", "--systemd"])
+        .env("PATH", &path)
+        .env("FAIL_AT", "show")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("nothing was written"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!env.home.join(".config/systemd").exists());
+}
+
+#[test]
+fn a_failed_enable_removes_the_units_it_wrote() {
+    let env = TestEnv::new();
+    let (path, log) = fake_systemctl(&env);
+    let out = env
+        .qwen_cmd(&["daemon", "install", "--systemd"])
+        .env("PATH", &path)
+        .env("FAIL_AT", "enable")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("enable"),
+        "{}",
+        text(&out.stderr)
+    );
+    let unit_dir = env.home.join(".config/systemd/user");
     assert!(!unit_dir.join("qwend.socket").exists());
     assert!(!unit_dir.join("qwend.service").exists());
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        calls.trim_end().ends_with("--user daemon-reload"),
+        "{calls}"
+    );
+}
+
+#[test]
+fn install_and_uninstall_honour_json() {
+    let env = TestEnv::new();
+    let (path, log) = fake_systemctl(&env);
+    let out = env
+        .qwen_cmd(&["daemon", "install", "--systemd", "--json"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let unit_dir = env.home.join(".config/systemd/user");
+    assert_eq!(v["kind"], "systemd");
+    assert_eq!(
+        v["files"],
+        serde_json::json!([
+            unit_dir.join("qwend.socket"),
+            unit_dir.join("qwend.service")
+        ])
+    );
+    assert!(unit_dir.join("qwend.service").is_file());
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("--user enable --now qwend.socket")
+    );
+    let out = env
+        .qwen_cmd(&["daemon", "uninstall", "--systemd", "--json"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["removed"].as_array().unwrap().len(), 2, "{v}");
+    assert!(!unit_dir.join("qwend.service").exists());
+}
+
+#[test]
+fn print_names_the_destinations_and_keeps_the_comments() {
+    let env = TestEnv::new();
+    let out = env.qwen(&["daemon", "install", "--systemd", "--print", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let unit_dir = env.home.join(".config/systemd/user");
+    assert_eq!(
+        v["files"][1]["path"],
+        unit_dir.join("qwend.service").display().to_string()
+    );
+    let service = v["files"][1]["text"].as_str().unwrap();
+    assert!(service.contains("replaces @QWEND@ with"), "{service}");
+    let qwend = std::fs::canonicalize(qwend_bin()).unwrap();
+    assert!(service.contains(&format!("ExecStart={} ", qwend.display())));
+    // Nothing was installed.
+    assert!(!unit_dir.exists());
+
+    let out = env.qwen(&["daemon", "install", "--launchd", "--print"]);
+    let plist = text(&out.stdout);
+    assert!(
+        plist.contains(&format!(
+            "# ==> {} <==",
+            env.home
+                .join("Library/LaunchAgents/dev.qwend.qwend.plist")
+                .display()
+        )),
+        "{plist}"
+    );
+    assert!(plist.contains("replaces @QWEND@ and @HOME@"), "{plist}");
 }

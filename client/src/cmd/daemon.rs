@@ -1,4 +1,13 @@
-//! `qwen daemon status|start|stop`.
+//! `qwen daemon status|start|stop|restart`, and the check every command makes that the
+//! running daemon was started with this client's settings.
+//!
+//! Stopping is graceful first (the `Shutdown` call: in-flight calls finish), and forceful
+//! when the daemon does not answer or does not exit: it holds an exclusive lock beside its
+//! socket that records its pid, so the client sends SIGTERM (with SIGCONT, so a stopped
+//! process can act on it), then SIGKILL after a grace period. The lock is what makes the
+//! pid trustworthy: only the live holder's pid is signalled, never a stale one.
+use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,54 +16,107 @@ use qwend_shared::api::daemon_client::DaemonClient;
 use qwend_shared::api::{ShutdownRequest, StatusRequest, StatusResponse};
 use qwend_shared::{paths, transport};
 use serde_json::json;
+use tonic::transport::Channel;
 
 use crate::cli::DaemonAction;
 use crate::connect;
 use crate::error::ClientError;
+use crate::term;
 
+/// How long a daemon that accepted the stop request may take to finish in-flight calls.
 const STOP_BUDGET: Duration = Duration::from_secs(10);
+/// How long a daemon gets to answer the stop request, and then to act on SIGTERM, before
+/// the next step; `QWEN_STOP_GRACE_MS` moves it.
+const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+const ENV_GRACE: &str = "QWEN_STOP_GRACE_MS";
+/// The settings check on every connection must never hold a command up for long.
+const CHECK_BUDGET: Duration = Duration::from_millis(500);
 
 pub async fn run(action: DaemonAction, as_json: bool) -> Result<ExitCode, ClientError> {
     let socket = paths::socket_path();
     match action {
         DaemonAction::Status | DaemonAction::Start => {
             let channel = connect::ensure(&socket).await?;
-            let status = DaemonClient::new(channel)
-                .status(StatusRequest {})
-                .await?
-                .into_inner();
+            let status = status(&channel).await?;
             print_status(&status, as_json);
         }
         DaemonAction::Install { kind, print } => {
-            return super::install::install(kind.kind(), print);
+            return super::install::install(kind.kind(), print, as_json);
         }
-        DaemonAction::Uninstall { kind } => return super::install::uninstall(kind.kind()),
-        DaemonAction::Stop => {
-            let Some(channel) = connect::existing(&socket).await? else {
+        DaemonAction::Uninstall { kind } => return super::install::uninstall(kind.kind(), as_json),
+        DaemonAction::Stop => match stop(&socket).await? {
+            None => {
                 if as_json {
                     println!("{}", json!({"running": false}));
                 } else {
                     println!("qwend is not running");
                 }
-                return Ok(ExitCode::SUCCESS);
-            };
-            let pid = DaemonClient::new(channel)
-                .shutdown(ShutdownRequest {})
-                .await?
-                .into_inner()
-                .pid;
-            wait_until_gone(&socket).await?;
+            }
+            Some(stopped) => {
+                if as_json {
+                    println!(
+                        "{}",
+                        json!({"running": false, "pid": stopped.pid, "forced": stopped.how.signal()})
+                    );
+                } else {
+                    println!("qwend stopped (pid {}{})", stopped.pid, stopped.how.note());
+                }
+            }
+        },
+        DaemonAction::Restart => {
+            let previous = stop(&socket).await?;
+            let channel = connect::ensure(&socket).await?;
+            let status = status(&channel).await?;
+            let differs = differing_settings(&status.start_settings, |k| std::env::var(k).ok());
+            if !differs.is_empty() {
+                // We started it with our environment, unless a service manager (systemd
+                // socket activation, launchd) answered the socket and used its own.
+                term::warn(&format!(
+                    "qwend was started by your service manager with other {}: set {} in its environment (docs/daemon.md)",
+                    differs.join(", "),
+                    if differs.len() == 1 { "it" } else { "them" }
+                ));
+            }
             if as_json {
-                println!("{}", json!({"running": false, "pid": pid}));
+                println!(
+                    "{}",
+                    json!({
+                        "running": true,
+                        "pid": status.pid,
+                        "previous_pid": previous.as_ref().map(|p| p.pid),
+                        "version": status.version,
+                        "socket": status.socket,
+                    })
+                );
             } else {
-                println!("qwend stopped (pid {pid})");
+                match previous {
+                    Some(p) => println!(
+                        "qwend restarted (pid {}{} → pid {})",
+                        p.pid,
+                        p.how.note(),
+                        status.pid
+                    ),
+                    None => println!("qwend was not running; started it (pid {})", status.pid),
+                }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+async fn status(channel: &Channel) -> Result<StatusResponse, ClientError> {
+    Ok(DaemonClient::new(channel.clone())
+        .status(StatusRequest {})
+        .await?
+        .into_inner())
+}
+
 fn print_status(s: &StatusResponse, as_json: bool) {
+    let settings: BTreeMap<&String, &String> = s
+        .start_settings
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
     if as_json {
         println!(
             "{}",
@@ -65,6 +127,7 @@ fn print_status(s: &StatusResponse, as_json: bool) {
                 "protocol_version": s.protocol_version,
                 "socket": s.socket,
                 "uptime_s": s.uptime_s,
+                "start_settings": settings,
             })
         );
     } else {
@@ -73,6 +136,12 @@ fn print_status(s: &StatusResponse, as_json: bool) {
         println!("  socket    {}", s.socket);
         println!("  uptime    {}", human_duration(s.uptime_s));
         println!("  protocol  {}", s.protocol_version);
+        if !settings.is_empty() {
+            println!("  started with (read at start; `qwen daemon restart` applies changes):");
+            for (k, v) in settings {
+                println!("    {k}={v}");
+            }
+        }
     }
 }
 
@@ -86,28 +155,241 @@ fn human_duration(secs: u64) -> String {
     }
 }
 
-/// The daemon replies before it stops; wait until it has exited (its lock is released) so
-/// that `qwen daemon stop && qwen daemon start` really gets a new daemon.
-async fn wait_until_gone(socket: &Path) -> Result<(), ClientError> {
-    let lock = paths::lock_path_for(socket);
-    let released =
-        tokio::task::spawn_blocking(move || transport::wait_for_lock_release(&lock, STOP_BUDGET))
-            .await
-            .map_err(|e| ClientError::Rpc(e.to_string()))?
-            .map_err(|e| ClientError::Rpc(format!("cannot watch the daemon's lock: {e}")))?;
-    if released {
-        Ok(())
-    } else {
-        Err(ClientError::Rpc(format!(
-            "the daemon accepted the stop request but is still running after {}s",
-            STOP_BUDGET.as_secs()
-        )))
+/// The settings check of this process, running beside the command's own calls.
+static SETTINGS_CHECK: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>> =
+    std::sync::Mutex::new(None);
+static CHECK_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// On connecting to a daemon that was already running: one warning when it started with
+/// settings other than this client's environment (it reads them only at start). The
+/// `Status` call goes out on the command's own connection, concurrently with the
+/// command's calls (HTTP/2 multiplexes them), so it adds no round trip; [`settings_checked`]
+/// waits for it, bounded. Silent on any failure: the command's own call reports a broken
+/// daemon.
+pub fn check_settings(channel: &Channel) {
+    // One warning per process: a second connection needs no second check.
+    if CHECK_STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
     }
+    let mut client = DaemonClient::new(channel.clone());
+    let task = tokio::spawn(async move {
+        let Ok(reply) = client.status(StatusRequest {}).await else {
+            return;
+        };
+        let reply = reply.into_inner();
+        let differs = differing_settings(&reply.start_settings, |k| std::env::var(k).ok());
+        if !differs.is_empty() {
+            term::warn(&format!(
+                "the running qwend (pid {}) started with other {}; it reads {} only at start: run `qwen daemon restart` to apply yours",
+                reply.pid,
+                differs.join(", "),
+                if differs.len() == 1 { "it" } else { "them" }
+            ));
+        }
+    });
+    *SETTINGS_CHECK.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+}
+
+/// Lets a pending settings check finish (at most a short bound), so its warning is shown
+/// before the command hands over to a child or exits.
+pub async fn settings_checked() {
+    let task = SETTINGS_CHECK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(mut task) = task {
+        if tokio::time::timeout(CHECK_BUDGET, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+/// Names of the daemon's start settings that this environment sets differently (blank and
+/// unset are the same, as for the daemon), sorted.
+fn differing_settings(
+    daemon: &std::collections::HashMap<String, String>,
+    var: impl Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let mut out: Vec<String> = daemon
+        .iter()
+        .filter(|(k, theirs)| {
+            let mine = var(k).map(|v| v.trim().to_string()).unwrap_or_default();
+            mine != theirs.trim()
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// It answered the stop request and exited.
+    Asked,
+    Term,
+    Kill,
+}
+
+impl How {
+    fn signal(self) -> Option<&'static str> {
+        match self {
+            How::Asked => None,
+            How::Term => Some("SIGTERM"),
+            How::Kill => Some("SIGKILL"),
+        }
+    }
+
+    fn note(self) -> &'static str {
+        match self {
+            How::Asked => "",
+            How::Term => ", not answering: ended with SIGTERM",
+            How::Kill => ", not answering: killed with SIGKILL",
+        }
+    }
+}
+
+struct Stopped {
+    pid: u32,
+    how: How,
+}
+
+fn grace() -> Duration {
+    std::env::var(ENV_GRACE)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_GRACE)
+}
+
+/// Stops the daemon on `socket`; `None` when none was running.
+async fn stop(socket: &Path) -> Result<Option<Stopped>, ClientError> {
+    let grace = grace();
+    let lock = paths::lock_path_for(socket);
+    // Ask politely; a daemon that does not answer within the grace period is wedged.
+    let asked = tokio::time::timeout(grace, async {
+        let channel = connect::existing(socket).await.ok()??;
+        DaemonClient::new(channel)
+            .shutdown(ShutdownRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner().pid)
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(pid) = asked {
+        if wait_released(&lock, STOP_BUDGET).await? {
+            return Ok(Some(Stopped {
+                pid,
+                how: How::Asked,
+            }));
+        }
+        term::warn(&format!(
+            "qwend (pid {pid}) accepted the stop request but is still running after {}s",
+            STOP_BUDGET.as_secs()
+        ));
+    }
+    let pid = match lock_holder(&lock) {
+        Holder::None => {
+            return Ok(asked.map(|pid| Stopped {
+                pid,
+                how: How::Asked,
+            }));
+        }
+        Holder::Unknown => {
+            return Err(ClientError::Rpc(format!(
+                "a qwend holds {} but its pid is not recorded there; stop it by hand",
+                lock.display()
+            )));
+        }
+        Holder::Pid(pid) => pid,
+    };
+    if asked.is_none() {
+        term::warn(&format!(
+            "qwend (pid {pid}) is not answering on {}; sending SIGTERM",
+            socket.display()
+        ));
+    }
+    signal(pid, rustix::process::Signal::TERM)?;
+    // A stopped (SIGSTOP, Ctrl-Z) process acts on nothing until it runs again.
+    let _ = signal(pid, rustix::process::Signal::CONT);
+    if wait_released(&lock, grace).await? {
+        return Ok(Some(Stopped {
+            pid,
+            how: How::Term,
+        }));
+    }
+    term::warn(&format!(
+        "qwend (pid {pid}) did not exit within {} ms of SIGTERM; sending SIGKILL",
+        grace.as_millis()
+    ));
+    signal(pid, rustix::process::Signal::KILL)?;
+    if wait_released(&lock, STOP_BUDGET).await? {
+        return Ok(Some(Stopped {
+            pid,
+            how: How::Kill,
+        }));
+    }
+    Err(ClientError::Rpc(format!(
+        "qwend (pid {pid}) is still running after SIGKILL"
+    )))
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) -> Result<(), ClientError> {
+    let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return Err(ClientError::Rpc(format!("invalid daemon pid {pid}")));
+    };
+    match rustix::process::kill_process(p, sig) {
+        // Gone already: that is what we wanted.
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(ClientError::Rpc(format!(
+            "cannot signal qwend (pid {pid}): {e}"
+        ))),
+    }
+}
+
+enum Holder {
+    None,
+    Unknown,
+    Pid(u32),
+}
+
+/// Who holds the daemon's lock (`DaemonLock` in the shared crate writes the holder's pid
+/// into it). Written here until the transport module offers a helper for it.
+fn lock_holder(lock: &Path) -> Holder {
+    let Ok(mut file) = std::fs::File::open(lock) else {
+        return Holder::None;
+    };
+    match file.try_lock_shared() {
+        // We got it, so nobody holds it exclusively (dropping the file releases ours).
+        Ok(()) => Holder::None,
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            match text.trim().parse::<u32>() {
+                Ok(pid) if pid > 1 => Holder::Pid(pid),
+                _ => Holder::Unknown,
+            }
+        }
+        Err(std::fs::TryLockError::Error(_)) => Holder::None,
+    }
+}
+
+/// Waits (event-driven, on the lock) until the daemon has exited.
+async fn wait_released(lock: &Path, budget: Duration) -> Result<bool, ClientError> {
+    let lock = lock.to_path_buf();
+    tokio::task::spawn_blocking(move || transport::wait_for_lock_release(&lock, budget))
+        .await
+        .map_err(|e| ClientError::Rpc(e.to_string()))?
+        .map_err(|e| ClientError::Rpc(format!("cannot watch the daemon's lock: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::human_duration;
+    use super::*;
 
     #[test]
     fn durations_read_naturally() {
@@ -115,5 +397,37 @@ mod tests {
         assert_eq!(human_duration(65), "1m 5s");
         assert_eq!(human_duration(3_700), "1h 1m");
         assert_eq!(human_duration(90_000), "1d 1h");
+    }
+
+    #[test]
+    fn settings_differ_only_when_the_values_do() {
+        let daemon: std::collections::HashMap<String, String> = [
+            ("QWEN_OAUTH_BASE_URL", "http://a"),
+            ("QWEND_QUOTA_PER_DAY", ""),
+            ("QWEND_STATE_DIR", "/s"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let same = |k: &str| match k {
+            "QWEN_OAUTH_BASE_URL" => Some("http://a ".to_string()),
+            "QWEND_QUOTA_PER_DAY" => Some(" ".to_string()),
+            "QWEND_STATE_DIR" => Some("/s".to_string()),
+            _ => None,
+        };
+        assert!(differing_settings(&daemon, same).is_empty());
+        let other = |k: &str| match k {
+            "QWEN_OAUTH_BASE_URL" => Some("http://b".to_string()),
+            "QWEND_QUOTA_PER_DAY" => Some("5".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            differing_settings(&daemon, other),
+            [
+                "QWEND_QUOTA_PER_DAY",
+                "QWEND_STATE_DIR",
+                "QWEN_OAUTH_BASE_URL"
+            ]
+        );
     }
 }

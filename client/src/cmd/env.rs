@@ -7,12 +7,13 @@ use std::process::ExitCode;
 
 use qwend_shared::api::env_client::EnvClient;
 use qwend_shared::api::skipped_var::Reason;
-use qwend_shared::api::{ResolveEnvRequest, ResolveEnvResponse};
+use qwend_shared::api::{EnvVar, ResolveEnvRequest, ResolveEnvResponse};
 use serde_json::{Map, Value, json};
 
 use crate::cli::EnvArgs;
 use crate::connect;
 use crate::error::ClientError;
+use crate::{term, unsafe_env};
 
 pub async fn run(args: EnvArgs, as_json: bool) -> Result<ExitCode, ClientError> {
     let cwd = absolute_cwd(args.cwd.as_deref())?;
@@ -21,7 +22,15 @@ pub async fn run(args: EnvArgs, as_json: bool) -> Result<ExitCode, ClientError> 
     let res = if as_json {
         writeln!(out, "{}", to_json(&resp))
     } else if args.export {
-        write_export(&mut out, &resp)
+        let (vars, refused) =
+            unsafe_env::split_for_client(resp.vars.clone(), args.allow_unsafe_env);
+        for v in &refused {
+            term::warn(&format!(
+                "not exporting {} from {}: it can make programs run code from that file (--allow-unsafe-env exports it)",
+                v.key, v.source
+            ));
+        }
+        write_export(&mut out, &vars, &refused)
     } else {
         write_human(&mut out, &resp, args.show_secrets)
     };
@@ -160,9 +169,19 @@ fn write_human(
 }
 
 /// `export K='V'` lines a POSIX shell can `eval`. Single quotes keep everything literal;
-/// an embedded quote becomes `'\''`.
-fn write_export(out: &mut impl Write, resp: &ResolveEnvResponse) -> std::io::Result<()> {
-    for v in &resp.vars {
+/// an embedded quote becomes `'\''`. Refused keys appear as comments naming only the key:
+/// a value may hold a newline, which would end the comment and run the rest.
+fn write_export(out: &mut impl Write, vars: &[EnvVar], refused: &[EnvVar]) -> std::io::Result<()> {
+    for v in refused {
+        if is_shell_name(&v.key) {
+            writeln!(
+                out,
+                "# not exported: {} (can make programs run code; qwen env --export --allow-unsafe-env)",
+                v.key
+            )?;
+        }
+    }
+    for v in vars {
         if !is_shell_name(&v.key) {
             eprintln!(
                 "qwen: warning: {} is not a valid shell variable name; not exported",

@@ -2,87 +2,16 @@
 //! tool with the daemon's login. CMD gets the `.env` for DIR (as Qwen Code would load it)
 //! and `OPENAI_API_KEY`/`OPENAI_BASE_URL`/`OPENAI_MODEL` for the current method; qwen
 //! forwards signals and exits with CMD's status (128+N when a signal N killed it).
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use qwend_shared::api::ResolveEnvRequest;
 use qwend_shared::api::env_client::EnvClient;
-use qwend_shared::api::{EnvVar, ResolveEnvRequest};
 
 use crate::cli::ExecArgs;
 use crate::connect;
 use crate::error::ClientError;
 use crate::term;
-
-/// Keys that make a program load or run code chosen by whoever wrote the file: dynamic
-/// loader, shells, language runtimes, git and pager/editor hooks. A project `.env` is
-/// someone else's file (a cloned repository); exec does not take these from it unless
-/// `--allow-unsafe-env`. The user's own `~/.qwen/.env` and `~/.env` are trusted.
-pub const UNSAFE_KEYS: &[&str] = &[
-    // shells
-    "BASH_ENV",
-    "ENV",
-    "ZDOTDIR",
-    "SHELLOPTS",
-    "BASHOPTS",
-    "PS4",
-    "PROMPT_COMMAND",
-    "IFS",
-    "PATH",
-    // language runtimes
-    "NODE_OPTIONS",
-    "NODE_PATH",
-    "PYTHONSTARTUP",
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PYTHONUSERBASE",
-    "PYTHONBREAKPOINT",
-    "PERL5OPT",
-    "PERL5LIB",
-    "PERLLIB",
-    "PERL5DB",
-    "RUBYOPT",
-    "RUBYLIB",
-    "JAVA_TOOL_OPTIONS",
-    "JDK_JAVA_OPTIONS",
-    "_JAVA_OPTIONS",
-    "CLASSPATH",
-    "LUA_INIT",
-    "LUA_PATH",
-    "LUA_CPATH",
-    "PHPRC",
-    "PHP_INI_SCAN_DIR",
-    // libraries loaded by name
-    "GCONV_PATH",
-    "OPENSSL_CONF",
-    "OPENSSL_ENGINES",
-    // git and friends
-    "GIT_SSH",
-    "GIT_SSH_COMMAND",
-    "GIT_ASKPASS",
-    "GIT_EXEC_PATH",
-    "GIT_EDITOR",
-    "GIT_PAGER",
-    "GIT_EXTERNAL_DIFF",
-    "GIT_PROXY_COMMAND",
-    "GIT_TEMPLATE_DIR",
-    "SSH_ASKPASS",
-    "SUDO_ASKPASS",
-    "EDITOR",
-    "VISUAL",
-    "PAGER",
-    "MANPAGER",
-    "BROWSER",
-    "LESSOPEN",
-    "LESSCLOSE",
-];
-
-/// Families: every glibc `LD_*` and macOS `DYLD_*` loader variable, bash exported
-/// functions, and git's `GIT_CONFIG_*` (which can set `core.sshCommand` and the like).
-pub const UNSAFE_PREFIXES: &[&str] = &["LD_", "DYLD_", "BASH_FUNC_", "GIT_CONFIG"];
-
-pub fn is_unsafe(key: &str) -> bool {
-    UNSAFE_KEYS.contains(&key) || UNSAFE_PREFIXES.iter().any(|p| key.starts_with(p))
-}
+use crate::unsafe_env;
 
 pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
     let cwd = super::env::absolute_cwd(args.cwd.as_deref())?;
@@ -110,9 +39,10 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
         term::warn(w);
     }
     drop(channel);
+    super::daemon::settings_checked().await;
 
-    let trusted = trusted_files(ctx.env.get("HOME").map(String::as_str));
-    let (vars, dropped) = split_unsafe(resolved.vars, args.allow_unsafe_env, &trusted);
+    let trusted = unsafe_env::trusted_files(ctx.env.get("HOME").map(String::as_str));
+    let (vars, dropped) = unsafe_env::split(resolved.vars, args.allow_unsafe_env, &trusted);
     let program = args.command[0].to_string_lossy().into_owned();
     for v in &dropped {
         term::warn(&format!(
@@ -130,36 +60,6 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
         .env("OPENAI_BASE_URL", &creds.base_url)
         .env("OPENAI_MODEL", &creds.model);
     child::run(cmd, &program)
-}
-
-/// The user's own fallback files: whatever they hold was put there by the user.
-fn trusted_files(home: Option<&str>) -> Vec<PathBuf> {
-    let Some(home) = home.filter(|h| !h.is_empty()) else {
-        return Vec::new();
-    };
-    let home = Path::new(home);
-    [home.join(".qwen").join(".env"), home.join(".env")]
-        .into_iter()
-        .flat_map(|p| {
-            let real = std::fs::canonicalize(&p).ok();
-            std::iter::once(p).chain(real)
-        })
-        .collect()
-}
-
-fn split_unsafe(vars: Vec<EnvVar>, allow: bool, trusted: &[PathBuf]) -> (Vec<EnvVar>, Vec<EnvVar>) {
-    if allow {
-        return (vars, Vec::new());
-    }
-    vars.into_iter().partition(|v| {
-        !is_unsafe(&v.key) || {
-            let src = Path::new(&v.source);
-            let real = std::fs::canonicalize(src).ok();
-            trusted
-                .iter()
-                .any(|t| t == src || real.as_deref() == Some(t.as_path()))
-        }
-    })
 }
 
 #[cfg(unix)]
@@ -266,67 +166,5 @@ mod child {
         Ok(ExitCode::from(
             status.code().unwrap_or(1).clamp(0, 255) as u8
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unsafe_keys() {
-        for k in [
-            "LD_PRELOAD",
-            "LD_LIBRARY_PATH",
-            "LD_AUDIT",
-            "DYLD_INSERT_LIBRARIES",
-            "NODE_OPTIONS",
-            "BASH_ENV",
-            "ENV",
-            "PYTHONSTARTUP",
-            "PYTHONPATH",
-            "PERL5OPT",
-            "RUBYOPT",
-            "GIT_SSH_COMMAND",
-            "GIT_CONFIG_COUNT",
-            "BASH_FUNC_ls%%",
-        ] {
-            assert!(is_unsafe(k), "{k}");
-        }
-        for k in [
-            "OPENAI_API_KEY",
-            "ENVIRONMENT",
-            "DEBUG",
-            "LD",
-            "NODE_ENV",
-            "MY_PATH",
-        ] {
-            assert!(!is_unsafe(k), "{k}");
-        }
-    }
-
-    #[test]
-    fn home_files_are_trusted_project_files_are_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = dir.path().join("home");
-        std::fs::create_dir_all(home.join(".qwen")).unwrap();
-        std::fs::write(home.join(".qwen/.env"), "").unwrap();
-        let var = |k: &str, src: &Path| EnvVar {
-            key: k.into(),
-            value: "v".into(),
-            source: src.display().to_string(),
-        };
-        let trusted = trusted_files(home.to_str());
-        let vars = vec![
-            var("NODE_OPTIONS", &home.join(".qwen/.env")),
-            var("NODE_OPTIONS", &dir.path().join("proj/.env")),
-            var("FOO", &dir.path().join("proj/.env")),
-        ];
-        let (kept, dropped) = split_unsafe(vars.clone(), false, &trusted);
-        assert_eq!(kept.len(), 2);
-        assert_eq!(dropped.len(), 1);
-        assert!(dropped[0].source.contains("proj"));
-        let (kept, dropped) = split_unsafe(vars, true, &trusted);
-        assert_eq!((kept.len(), dropped.len()), (3, 0));
     }
 }

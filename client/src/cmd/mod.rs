@@ -6,7 +6,7 @@ use crate::error::ClientError;
 
 mod auth;
 mod credentials;
-mod daemon;
+pub mod daemon;
 mod docs;
 mod env;
 mod exec;
@@ -32,6 +32,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         Command::Quota { action } => quota::run(action, cli.json).await,
         Command::Exec(args) => exec::run(args).await,
         Command::Completions { shell } => docs::completions(shell),
-        Command::Man => docs::man(),
+        Command::Man(args) => docs::man(args),
     }
 }
