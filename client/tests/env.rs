@@ -216,6 +216,17 @@ fn export_comments_out_keys_that_run_code_unless_allowed() {
     assert!(stdout.contains("export GIT_DIR="), "{stdout}");
     assert!(!text(&out.stderr).contains("not exporting"));
 
+    // The human view shows the file as it is, and says which keys exec and --export skip.
+    let out = env.qwen_cmd(&["env"]).current_dir(&proj).output().unwrap();
+    let human = text(&out.stdout);
+    let line = human.lines().find(|l| l.contains("LD_PRELOAD")).unwrap();
+    assert!(
+        line.contains("/tmp/evil.so") && line.contains("can run code"),
+        "{human}"
+    );
+    let line = human.lines().find(|l| l.contains("SAFE")).unwrap();
+    assert!(!line.contains("can run code"), "{human}");
+
     // The flag means nothing without --export.
     assert_eq!(
         env.qwen(&["env", "--allow-unsafe-env"]).status.code(),

@@ -197,10 +197,10 @@ pub async fn settings_checked() {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
-    if let Some(mut task) = task {
-        if tokio::time::timeout(CHECK_BUDGET, &mut task).await.is_err() {
-            task.abort();
-        }
+    if let Some(mut task) = task
+        && tokio::time::timeout(CHECK_BUDGET, &mut task).await.is_err()
+    {
+        task.abort();
     }
 }
 

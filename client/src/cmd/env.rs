@@ -146,13 +146,20 @@ fn write_human(
         }
     } else {
         let width = resp.vars.iter().map(|v| v.key.len()).max().unwrap_or(0);
+        let (_, refused) = unsafe_env::split_for_client(resp.vars.clone(), false);
         for v in &resp.vars {
             let shown = if !show_secrets && is_secret_key(&v.key) {
                 mask(&v.value)
             } else {
                 v.value.replace('\n', "\\n")
             };
-            writeln!(out, "  {:<width$}  {shown}", v.key)?;
+            // Shown as the file has it; said once that exec and --export leave it out.
+            let note = if refused.iter().any(|r| r.key == v.key) {
+                "  (can run code: qwen exec and --export leave it out)"
+            } else {
+                ""
+            };
+            writeln!(out, "  {:<width$}  {shown}{note}", v.key)?;
         }
     }
     for s in &resp.skipped {
