@@ -1,0 +1,313 @@
+//! The client talks only to a daemon of its own uid, in a place nobody else controls
+//! (docs/trust.md); a daemon that does not answer is named; the socket path is resolved
+//! once. Through the real binaries.
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+const NOBODY: u32 = 65534;
+
+/// Tests that need a second uid: only root can run a process as `nobody`. CI runs as root,
+/// so there a missing capability is a failure, not a skip.
+fn need_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} must run as root in CI (it runs a fake server as the user nobody)"
+    );
+    eprintln!("skipped {test}: needs root to run a fake server as the user nobody");
+    false
+}
+
+/// A Python interpreter the user nobody may run (a pyenv shim under /root is not one).
+fn system_python() -> PathBuf {
+    ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("the trust tests need python3 in /usr/bin (or /usr/local/bin) for their fake server")
+}
+
+/// A server that impersonates qwend: it listens at `socket` (creating its directory 0700
+/// as its own user) and logs every connection and every byte count it receives.
+const FAKE_SERVER: &str = r#"
+import os, socket, sys, threading
+path, log = sys.argv[1], sys.argv[2]
+lock = threading.Lock()
+def note(line):
+    with lock, open(log, "a") as f:
+        f.write(line + "\n")
+os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path)
+os.chmod(path, 0o666)
+s.listen(64)
+note("ready")
+def serve(c):
+    total = 0
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        total += len(b)
+        note("data %d" % len(b))
+    note("closed %d" % total)
+while True:
+    c, _ = s.accept()
+    note("conn")
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// The fake server, run as nobody; killed on drop.
+struct Fake {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+    /// World-writable and sticky, like /tmp: where nobody may create its directory.
+    public: PathBuf,
+}
+
+impl Fake {
+    /// Start it at `<public>/<rel>` (`public` is a fresh 1777 directory).
+    fn start(rel: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("qwend-trust")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let public = dir.path().to_path_buf();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let script = public.join("fake.py");
+        std::fs::write(&script, FAKE_SERVER).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let log = public.join("fake.log");
+        let child = Command::new("setpriv")
+            .arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .arg("--clear-groups")
+            .arg(system_python())
+            .arg(&script)
+            .arg(public.join(rel))
+            .arg(&log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("cannot run setpriv");
+        let fake = Self {
+            child,
+            log,
+            _dir: dir,
+            public,
+        };
+        fake.wait_for(|l| l.contains("ready"));
+        fake
+    }
+
+    fn wait_for(&self, done: impl Fn(&str) -> bool) -> String {
+        wait_for_file(&self.log, done)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The three commands that would hand over the caller's environment, or act on the answer.
+const COMMANDS: [&[&str]; 3] = [
+    &["auth", "token"],
+    &["env", "--json"],
+    &["exec", "--", "true"],
+];
+
+fn assert_refused(out: &std::process::Output, what: &str, must_name: &[&str]) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{what}: {err}");
+    assert!(out.stdout.is_empty(), "{what}: printed {}", text(&out.stdout));
+    for s in must_name {
+        assert!(err.contains(s), "{what}: the message should name {s:?}: {err}");
+    }
+}
+
+#[test]
+fn a_socket_dir_made_by_another_user_gets_nothing() {
+    if !need_root("a_socket_dir_made_by_another_user_gets_nothing") {
+        return;
+    }
+    // XDG_RUNTIME_DIR unset: the fallback is $TMPDIR/qwend-<uid>, which nobody made first.
+    let me = rustix::process::getuid().as_raw();
+    let fake = Fake::start(&format!("qwend-{me}/qwend.sock"));
+    let env = TestEnv::new();
+    let dir = fake.public.join(format!("qwend-{me}"));
+    for args in COMMANDS {
+        let out = env
+            .qwen_cmd(args)
+            .env_remove("QWEND_SOCKET")
+            .env("TMPDIR", &fake.public)
+            .output()
+            .unwrap();
+        assert_refused(
+            &out,
+            &args.join(" "),
+            &[&dir.display().to_string(), "uid 65534"],
+        );
+    }
+    let log = fake.log();
+    assert!(!log.contains("conn"), "the fake server was contacted:\n{log}");
+    assert!(
+        !env.socket.exists() && !dir.join("qwend.sock.lock").exists(),
+        "no daemon may be started in someone else's directory"
+    );
+}
+
+#[test]
+fn a_socket_served_by_another_user_gets_nothing() {
+    if !need_root("a_socket_served_by_another_user_gets_nothing") {
+        return;
+    }
+    let fake = Fake::start("nobody/qwend.sock");
+    // The socket now sits in our own private directory, but nobody still serves it (a
+    // socket keeps its listener when renamed): only the peer's credentials can tell.
+    let env = TestEnv::new();
+    std::fs::create_dir(env.socket.parent().unwrap()).unwrap();
+    std::fs::set_permissions(
+        env.socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::rename(fake.public.join("nobody/qwend.sock"), &env.socket).unwrap();
+    for (i, args) in COMMANDS.iter().enumerate() {
+        let out = env.qwen(args);
+        assert_refused(
+            &out,
+            &args.join(" "),
+            &[&env.socket.display().to_string(), "uid 65534 (nobody)"],
+        );
+        // The fake logs a connection's end once the client has gone: wait for this one.
+        fake.wait_for(|l| l.matches("closed").count() > i);
+    }
+    let log = fake.log();
+    assert!(!log.contains("data"), "the fake server received bytes:\n{log}");
+    assert!(
+        log.lines().filter(|l| *l == "closed 0").count() >= COMMANDS.len(),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_open_socket_dir_is_refused_before_connecting() {
+    let env = TestEnv::new();
+    let dir = env.socket.parent().unwrap();
+    std::fs::create_dir(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = env.qwen(&["env", "--json"]);
+    assert_refused(
+        &out,
+        "qwen env",
+        &[&dir.display().to_string(), "chmod 700"],
+    );
+    assert!(!env.socket.exists(), "no daemon was started there");
+}
+
+#[test]
+fn a_group_writable_runtime_dir_without_sticky_bit_is_refused() {
+    let env = TestEnv::new();
+    let runtime = env.root.path().join("xdg");
+    std::fs::create_dir(&runtime).unwrap();
+    let run = |mode: u32| {
+        std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(mode)).unwrap();
+        env.qwen_cmd(&["env", "--json"])
+            .env_remove("QWEND_SOCKET")
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .output()
+            .unwrap()
+    };
+    for mode in [0o777, 0o770] {
+        let out = run(mode);
+        assert_refused(
+            &out,
+            &format!("XDG_RUNTIME_DIR mode {mode:o}"),
+            &[&runtime.display().to_string(), "sticky"],
+        );
+    }
+    assert!(!runtime.join("qwend").exists(), "no daemon was started there");
+    // Sticky, like /tmp: others cannot rename our directory away.
+    let out = run(0o1777);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let socket = runtime.join("qwend/qwend.sock");
+    assert!(socket.exists());
+    let stop = env
+        .qwen_cmd(&["daemon", "stop"])
+        .env("QWEND_SOCKET", &socket)
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+}
+
+/// Resumes a stopped process, whatever the test's outcome.
+struct Resume(u32);
+impl Drop for Resume {
+    fn drop(&mut self) {
+        kill(self.0, "CONT");
+    }
+}
+
+#[test]
+fn a_stopped_daemon_is_named_by_its_pid() {
+    let env = TestEnv::new();
+    let pid = env.daemon_pid();
+    assert_eq!(qwend_shared::transport::daemon_pid(&env.socket), Some(pid));
+    kill(pid, "STOP");
+    let _resume = Resume(pid);
+    // Bounded by the client's HTTP/2 keep-alive (a few seconds), not by a test timer.
+    let out = env.qwen(&["env", "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("PID {pid}")) && err.contains("not answering"),
+        "{err}"
+    );
+    drop(_resume);
+    let out = env.qwen(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        qwend_shared::transport::daemon_pid(&env.socket),
+        None,
+        "no pid once the daemon is gone"
+    );
+}
+
+#[test]
+fn a_relative_socket_path_is_resolved_against_the_cwd() {
+    let env = TestEnv::new();
+    let cwd = env.root.path().join("project");
+    std::fs::create_dir(&cwd).unwrap();
+    std::fs::set_permissions(&cwd, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let run = |args: &[&str]| {
+        env.qwen_cmd(args)
+            .env("QWEND_SOCKET", "relative.sock")
+            .current_dir(&cwd)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["daemon", "status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        Path::new(status["socket"].as_str().unwrap()),
+        cwd.join("relative.sock")
+    );
+    assert!(cwd.join("relative.sock").exists());
+    let out = run(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
