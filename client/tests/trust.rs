@@ -311,3 +311,106 @@ fn a_relative_socket_path_is_resolved_against_the_cwd() {
     let out = run(&["daemon", "stop"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// `ResolveEnvRequest` as raw bytes, so a test can send what no well-behaved client would.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawResolveEnv {
+    #[prost(bytes = "vec", tag = "1")]
+    cwd: Vec<u8>,
+    /// A map entry's encoding, or garbage.
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    env_entries: Vec<Vec<u8>>,
+}
+
+async fn raw_resolve_env(
+    channel: tonic::transport::Channel,
+    req: RawResolveEnv,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec =
+        tonic_prost::ProstCodec::<RawResolveEnv, qwend_shared::api::ResolveEnvResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/qwend.v1.Env/ResolveEnv");
+    grpc.unary(tonic::Request::new(req), path, codec)
+        .await
+        .expect_err("the daemon must refuse this request")
+}
+
+/// One `map<string, string>` entry, `key` and `value` as given (valid UTF-8 or not).
+fn map_entry(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut e = Vec::new();
+    for (tag, bytes) in [(0x0a, key), (0x12, value)] {
+        e.push(tag);
+        prost::encoding::encode_varint(bytes.len() as u64, &mut e);
+        e.extend_from_slice(bytes);
+    }
+    e
+}
+
+fn assert_short_invalid(s: &tonic::Status, what: &str) {
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{what}: {s:?}");
+    assert!(s.message().len() < 400, "{what}: {} bytes of message", s.message().len());
+}
+
+#[tokio::test]
+async fn huge_or_invalid_request_fields_are_invalid_argument_with_short_messages() {
+    use qwend_shared::api::auth_client::AuthClient;
+    use qwend_shared::api::{AuthStatusRequest, ClientContext};
+    let env = TestEnv::new();
+    env.status();
+    let channel = qwend_shared::transport::connect(&env.socket).await.unwrap();
+    let huge_cwd = format!("/{}", "d".repeat(3_900_000));
+
+    // Well-formed but absurd: a 3.9 MB cwd, through every service that takes a context.
+    let s = AuthClient::new(channel.clone())
+        .get_auth_status(AuthStatusRequest {
+            client: Some(ClientContext {
+                cwd: huge_cwd.clone(),
+                env: Default::default(),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_short_invalid(&s, "GetAuthStatus with a 3.9 MB cwd");
+    let s = raw_resolve_env(
+        channel.clone(),
+        RawResolveEnv {
+            cwd: huge_cwd.into_bytes(),
+            env_entries: vec![],
+        },
+    )
+    .await;
+    assert_short_invalid(&s, "ResolveEnv with a 3.9 MB cwd");
+
+    // Not decodable: invalid UTF-8 in a string, in a map value, and plain garbage.
+    let cases = [
+        ("cwd not UTF-8", b"/tmp/\xff\xfe".to_vec(), vec![]),
+        (
+            "env value not UTF-8",
+            b"/tmp".to_vec(),
+            vec![map_entry(b"OPENAI_API_KEY", b"sk-\xff-secret")],
+        ),
+        ("garbage map entry", b"/tmp".to_vec(), vec![vec![0xff; 16]]),
+    ];
+    for (what, cwd, env_entries) in cases {
+        let s = raw_resolve_env(channel.clone(), RawResolveEnv { cwd, env_entries }).await;
+        assert_short_invalid(&s, what);
+        assert!(!s.message().contains("secret"), "{what}: {}", s.message());
+    }
+
+    // A NUL in a value (which no process environment can hold) is refused, unquoted.
+    let s = raw_resolve_env(
+        channel.clone(),
+        RawResolveEnv {
+            cwd: b"/tmp".to_vec(),
+            env_entries: vec![map_entry(b"OPENAI_API_KEY", b"sk-\0-secret")],
+        },
+    )
+    .await;
+    assert_short_invalid(&s, "NUL in an env value");
+    assert!(!s.message().contains("secret"), "{}", s.message());
+
+    // And the daemon still serves.
+    let out = env.qwen(&["env", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -6,6 +6,7 @@ mod daemon;
 mod env;
 mod events;
 mod quota;
+mod validate;
 
 use self::auth::AuthService;
 use self::quota::QuotaService;
