@@ -414,3 +414,104 @@ async fn huge_or_invalid_request_fields_are_invalid_argument_with_short_messages
     let out = env.qwen(&["env", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// Connections that never send a request are closed after the configured time; with the
+/// configured cap reached, a new client waits (it is not refused) and is served as soon as
+/// a connection closes.
+#[tokio::test]
+async fn connection_cap_and_silent_connections() {
+    use qwend_shared::api::WatchRequest;
+    use qwend_shared::api::events_client::EventsClient;
+    use std::io::Read;
+    let env = TestEnv::new()
+        .with_var("QWEND_MAX_CONNECTIONS", "2")
+        .with_var("QWEND_FIRST_REQUEST_TIMEOUT_MS", "300");
+    env.status();
+
+    // Two silent connections fill the cap, and are closed by the daemon (EOF here).
+    let silent: Vec<_> = (0..2)
+        .map(|_| std::os::unix::net::UnixStream::connect(&env.socket).unwrap())
+        .collect();
+    for mut s in silent {
+        let mut buf = [0u8; 64];
+        // The daemon's HTTP/2 SETTINGS, then EOF when it gives up on us.
+        while s.read(&mut buf).unwrap() > 0 {}
+    }
+
+    // Two busy connections (a Watch stream each) fill it for good.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let ch = qwend_shared::transport::connect(&env.socket).await.unwrap();
+        let stream = EventsClient::new(ch.clone())
+            .watch(WatchRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        held.push((ch, stream));
+    }
+    let log = env.state.join("qwend.log");
+    let mut third = env.qwen_cmd(&["env", "--json"]);
+    third.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut third = third.spawn().unwrap();
+    wait_for_file(&log, |l| l.contains("connection limit reached"));
+    assert!(
+        third.try_wait().unwrap().is_none(),
+        "a client beyond the cap must wait for a free slot"
+    );
+    held.pop();
+    let out = tokio::task::spawn_blocking(move || third.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// CPU time (user + system, in clock ticks) a process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// At its descriptor limit the daemon pauses accepting (no busy loop), and serves again
+/// once descriptors free up.
+#[test]
+fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs prlimit (util-linux)"
+        );
+        eprintln!("skipped: needs prlimit (util-linux)");
+        return;
+    }
+    let env = TestEnv::new()
+        .with_var("QWEND_MAX_CONNECTIONS", "10000")
+        .with_var("QWEND_FIRST_REQUEST_TIMEOUT_MS", "600000");
+    let mut start = Command::new("prlimit");
+    env.apply(&mut start);
+    start
+        .arg("--nofile=64:64")
+        .arg(qwend_bin())
+        .arg("--socket")
+        .arg(&env.socket);
+    let out = start.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid = env.daemon_pid();
+    let log = env.state.join("qwend.log");
+    // More silent connections than the daemon has descriptors for.
+    let flood: Vec<_> = (0..100)
+        .map(|_| std::os::unix::net::UnixStream::connect(&env.socket).unwrap())
+        .collect();
+    let pauses = |l: &str| l.matches("cannot accept a connection; pausing").count();
+    wait_for_file(&log, |l| pauses(l) >= 1);
+    let before = cpu_ticks(pid);
+    // Pauses double from 10 ms: the next six take at least 0.6 s of wall time, which a
+    // spinning loop would spend entirely on the CPU (60 ticks at the usual 100 Hz).
+    let seen = pauses(&std::fs::read_to_string(&log).unwrap());
+    wait_for_file(&log, |l| pauses(l) >= seen + 6);
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 15, "{used} clock ticks of CPU while paused");
+    drop(flood);
+    let out = env.qwen(&["env", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
