@@ -52,9 +52,7 @@ impl ClientError {
             | Self::Untrusted(_)
             | Self::NotAnswering { .. }
             | Self::StartFailed { .. }
-            | Self::Denied(_) => {
-                code::DAEMON_UNREACHABLE
-            }
+            | Self::Denied(_) => code::DAEMON_UNREACHABLE,
             Self::Rpc(_) | Self::Output(_) | Self::Upstream(_) => code::FAILURE,
             Self::Quota(_) => code::QUOTA,
             Self::Exit(c) => return *c,

@@ -109,7 +109,13 @@ fn stock_python_grpcio_with_default_options_lists_and_calls_health() {
         .iter()
         .map(|s| s.as_str().unwrap())
         .collect();
-    for s in ["qwend.v1.Daemon", "qwend.v1.Auth", "qwend.v1.Env", "qwend.v1.Quota", "qwend.v1.Events"] {
+    for s in [
+        "qwend.v1.Daemon",
+        "qwend.v1.Auth",
+        "qwend.v1.Env",
+        "qwend.v1.Quota",
+        "qwend.v1.Events",
+    ] {
         assert!(services.contains(&s), "{s} missing: {services:?}");
     }
     assert_eq!(v["health"][""], "SERVING", "{v}");
@@ -142,5 +148,8 @@ async fn reflection_v1alpha_is_served_too() {
     let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
         panic!("unexpected reflection answer: {resp:?}");
     };
-    assert!(list.service.iter().any(|s| s.name == "qwend.v1.Daemon"), "{list:?}");
+    assert!(
+        list.service.iter().any(|s| s.name == "qwend.v1.Daemon"),
+        "{list:?}"
+    );
 }

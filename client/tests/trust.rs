@@ -31,7 +31,9 @@ fn system_python() -> PathBuf {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
-        .expect("the trust tests need python3 in /usr/bin (or /usr/local/bin) for their fake server")
+        .expect(
+            "the trust tests need python3 in /usr/bin (or /usr/local/bin) for their fake server",
+        )
 }
 
 /// A server that impersonates qwend: it listens at `socket` (creating its directory 0700
@@ -133,9 +135,16 @@ const COMMANDS: [&[&str]; 3] = [
 fn assert_refused(out: &std::process::Output, what: &str, must_name: &[&str]) {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{what}: {err}");
-    assert!(out.stdout.is_empty(), "{what}: printed {}", text(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "{what}: printed {}",
+        text(&out.stdout)
+    );
     for s in must_name {
-        assert!(err.contains(s), "{what}: the message should name {s:?}: {err}");
+        assert!(
+            err.contains(s),
+            "{what}: the message should name {s:?}: {err}"
+        );
     }
 }
 
@@ -163,7 +172,10 @@ fn a_socket_dir_made_by_another_user_gets_nothing() {
         );
     }
     let log = fake.log();
-    assert!(!log.contains("conn"), "the fake server was contacted:\n{log}");
+    assert!(
+        !log.contains("conn"),
+        "the fake server was contacted:\n{log}"
+    );
     assert!(
         !env.socket.exists() && !dir.join("qwend.sock.lock").exists(),
         "no daemon may be started in someone else's directory"
@@ -197,7 +209,10 @@ fn a_socket_served_by_another_user_gets_nothing() {
         fake.wait_for(|l| l.matches("closed").count() > i);
     }
     let log = fake.log();
-    assert!(!log.contains("data"), "the fake server received bytes:\n{log}");
+    assert!(
+        !log.contains("data"),
+        "the fake server received bytes:\n{log}"
+    );
     assert!(
         log.lines().filter(|l| *l == "closed 0").count() >= COMMANDS.len(),
         "{log}"
@@ -211,11 +226,7 @@ fn an_open_socket_dir_is_refused_before_connecting() {
     std::fs::create_dir(dir).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = env.qwen(&["env", "--json"]);
-    assert_refused(
-        &out,
-        "qwen env",
-        &[&dir.display().to_string(), "chmod 700"],
-    );
+    assert_refused(&out, "qwen env", &[&dir.display().to_string(), "chmod 700"]);
     assert!(!env.socket.exists(), "no daemon was started there");
 }
 
@@ -240,7 +251,10 @@ fn a_group_writable_runtime_dir_without_sticky_bit_is_refused() {
             &[&runtime.display().to_string(), "sticky"],
         );
     }
-    assert!(!runtime.join("qwend").exists(), "no daemon was started there");
+    assert!(
+        !runtime.join("qwend").exists(),
+        "no daemon was started there"
+    );
     // Sticky, like /tmp: others cannot rename our directory away.
     let out = run(0o1777);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -322,10 +336,7 @@ struct RawResolveEnv {
     env_entries: Vec<Vec<u8>>,
 }
 
-async fn raw_resolve_env(
-    channel: tonic::transport::Channel,
-    req: RawResolveEnv,
-) -> tonic::Status {
+async fn raw_resolve_env(channel: tonic::transport::Channel, req: RawResolveEnv) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let codec =
@@ -349,7 +360,11 @@ fn map_entry(key: &[u8], value: &[u8]) -> Vec<u8> {
 
 fn assert_short_invalid(s: &tonic::Status, what: &str) {
     assert_eq!(s.code(), tonic::Code::InvalidArgument, "{what}: {s:?}");
-    assert!(s.message().len() < 400, "{what}: {} bytes of message", s.message().len());
+    assert!(
+        s.message().len() < 400,
+        "{what}: {} bytes of message",
+        s.message().len()
+    );
 }
 
 #[tokio::test]
@@ -468,7 +483,12 @@ async fn connection_cap_and_silent_connections() {
 /// CPU time (user + system, in clock ticks) a process has used so far.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 

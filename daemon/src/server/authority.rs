@@ -111,7 +111,8 @@ impl AuthorityFix {
             let n = self.pending.len().min(PREFACE.len());
             if self.pending[..n] != PREFACE[..n] {
                 // Not HTTP/2 with prior knowledge: h2 will say so.
-                return Ok(self.pass_through(out));
+                self.pass_through(out);
+                return Ok(());
             }
             if n < PREFACE.len() {
                 return Ok(());
@@ -129,7 +130,8 @@ impl AuthorityFix {
                 // nothing was altered, so the bytes can go as they are.
                 if self.mode == Mode::Undecided && self.block.is_none() {
                     self.pending.drain(..at);
-                    return Ok(self.pass_through(out));
+                    self.pass_through(out);
+                    return Ok(());
                 }
                 return Err(invalid("HTTP/2 frame larger than the maximum frame size"));
             }
@@ -181,7 +183,11 @@ impl AuthorityFix {
                     p = &p[5..];
                 }
                 let fragment = p
-                    .get(..p.len().checked_sub(pad).ok_or_else(|| invalid("bad padding"))?)
+                    .get(
+                        ..p.len()
+                            .checked_sub(pad)
+                            .ok_or_else(|| invalid("bad padding"))?,
+                    )
                     .ok_or_else(|| invalid("bad padding"))?;
                 self.block = Some(Block {
                     stream,
@@ -380,7 +386,10 @@ mod tests {
             let auth: Vec<_> = b.iter().filter(|(n, _)| n == b":authority").collect();
             assert_eq!(auth.len(), 1);
             assert_eq!(auth[0].1, b"localhost");
-            assert!(b.iter().any(|(n, v)| n == b":path" && v.ends_with(b"/Check")));
+            assert!(
+                b.iter()
+                    .any(|(n, v)| n == b":path" && v.ends_with(b"/Check"))
+            );
         }
         // DATA frames are kept.
         assert!(out.windows(5).filter(|w| *w == b"\0\0\0\0\0").count() >= 3);
@@ -388,6 +397,9 @@ mod tests {
 
     #[test]
     fn garbage_is_left_for_h2_to_refuse() {
-        assert_eq!(run(b"GET / HTTP/1.1\r\n\r\n").unwrap(), b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            run(b"GET / HTTP/1.1\r\n\r\n").unwrap(),
+            b"GET / HTTP/1.1\r\n\r\n"
+        );
     }
 }

@@ -51,15 +51,11 @@ impl Limits {
             Err(_) => default_max_connections(),
         };
         let first_request_timeout = match std::env::var(ENV_FIRST_REQUEST_TIMEOUT_MS) {
-            Ok(v) => Duration::from_millis(
-                v.trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        format!("{ENV_FIRST_REQUEST_TIMEOUT_MS}={v:?}: expected milliseconds > 0")
-                    })?,
-            ),
+            Ok(v) => {
+                Duration::from_millis(v.trim().parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(
+                    || format!("{ENV_FIRST_REQUEST_TIMEOUT_MS}={v:?}: expected milliseconds > 0"),
+                )?)
+            }
             Err(_) => Duration::from_secs(10),
         };
         Ok(Self {
@@ -73,7 +69,9 @@ fn default_max_connections() -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX);
-    usize::try_from(soft / 2).unwrap_or(usize::MAX).clamp(16, 512)
+    usize::try_from(soft / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 512)
 }
 
 /// Out of descriptors or memory: retrying at once cannot succeed.
@@ -112,7 +110,11 @@ pub fn incoming(listener: UnixListener, connections: Arc<Connections>, limits: L
             || listener.accept(),
             slots,
             |(stream, _addr), permit| {
-                Conn::new(connections.track(stream), permit, limits.first_request_timeout)
+                Conn::new(
+                    connections.track(stream),
+                    permit,
+                    limits.first_request_timeout,
+                )
             },
             tx,
         )
@@ -342,7 +344,11 @@ mod tests {
         let a = rx.recv().await.unwrap();
         let _b = rx.recv().await.unwrap();
         tokio::time::sleep(Duration::from_secs(60)).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "a third accept while both are open");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "a third accept while both are open"
+        );
         drop(a);
         let _c = rx.recv().await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 3);
