@@ -572,7 +572,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_socket_that_never_answers_fails_the_call_instead_of_hanging() {
         let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("mute.sock");
+        let dir = t.path().join("private");
+        ensure_private_dir(&dir).unwrap();
+        let p = dir.join("mute.sock");
         // Bound and listening, but nobody ever accepts: the kernel completes the connect.
         let _mute = std::os::unix::net::UnixListener::bind(&p).unwrap();
         let channel = connect(&p).await.unwrap();
@@ -587,7 +589,28 @@ mod tests {
     #[tokio::test]
     async fn connect_to_nothing_is_not_running() {
         let t = tempfile::tempdir().unwrap();
-        let e = connect(&t.path().join("none.sock")).await.unwrap_err();
+        let dir = t.path().join("private");
+        ensure_private_dir(&dir).unwrap();
+        let e = connect(&dir.join("none.sock")).await.unwrap_err();
         assert!(is_not_running(&e), "{e}");
+        // No directory at all: still "not running" (the daemon creates it).
+        let e = connect(&t.path().join("absent/none.sock")).await.unwrap_err();
+        assert!(is_not_running(&e), "{e}");
+    }
+
+    #[test]
+    fn a_writable_parent_without_sticky_bit_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let parent = t.path().join("shared");
+        fs::create_dir(&parent).unwrap();
+        let dir = parent.join("qwend");
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_socket_dir(&dir).unwrap_err();
+        assert!(matches!(e, TransportError::ParentWritable { .. }), "{e}");
+        assert!(e.is_untrusted());
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o1777)).unwrap();
+        check_socket_dir(&dir).unwrap();
+        ensure_private_dir(&dir).unwrap();
+        check_socket_dir(&dir).unwrap();
     }
 }
