@@ -535,3 +535,74 @@ fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
     let out = env.qwen(&["env", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// Set for [`helper_foreign_client`] when it runs as another user.
+const FOREIGN_CLIENT_SOCKET: &str = "QWEND_TEST_FOREIGN_CLIENT_SOCKET";
+
+/// Not a test of its own: run by [`the_daemon_refuses_another_uid`] as the user nobody
+/// (a copy of this test binary), it calls `Daemon.Status` without any of the client's
+/// checks, as a hostile or careless client would, and prints the answer. Without the
+/// variable it does nothing.
+#[tokio::test]
+async fn helper_foreign_client() {
+    let Some(socket) = std::env::var_os(FOREIGN_CLIENT_SOCKET).map(PathBuf::from) else {
+        return;
+    };
+    let channel = tonic::transport::Endpoint::from_static("http://qwend.local")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .unwrap();
+    let answer = qwend_shared::api::daemon_client::DaemonClient::new(channel)
+        .status(qwend_shared::api::StatusRequest {})
+        .await;
+    match answer {
+        Ok(r) => println!("ANSWER ok pid {}", r.into_inner().pid),
+        Err(s) => println!("ANSWER {:?} {}", s.code(), s.message()),
+    }
+}
+
+/// The daemon's side of the rule: a caller of another uid gets PERMISSION_DENIED, even
+/// with the socket's directory and mode opened on purpose.
+#[test]
+fn the_daemon_refuses_another_uid() {
+    if !need_root("the_daemon_refuses_another_uid") {
+        return;
+    }
+    let env = TestEnv::new();
+    env.status();
+    for p in [env.root.path(), env.socket.parent().unwrap()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    std::fs::set_permissions(&env.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // nobody cannot run this binary where cargo put it (under a private home, often).
+    let dir = tempfile::Builder::new()
+        .prefix("qwend-foreign")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("trust-test");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg(&exe)
+        .args(["--exact", "helper_foreign_client", "--nocapture"])
+        .env(FOREIGN_CLIENT_SOCKET, &env.socket)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("ANSWER PermissionDenied") && stdout.contains("caller is uid 65534"),
+        "{stdout}"
+    );
+}

@@ -594,7 +594,9 @@ mod tests {
         let e = connect(&dir.join("none.sock")).await.unwrap_err();
         assert!(is_not_running(&e), "{e}");
         // No directory at all: still "not running" (the daemon creates it).
-        let e = connect(&t.path().join("absent/none.sock")).await.unwrap_err();
+        let e = connect(&t.path().join("absent/none.sock"))
+            .await
+            .unwrap_err();
         assert!(is_not_running(&e), "{e}");
     }
 
