@@ -89,6 +89,9 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(tonic::service::InterceptorLayer::new(check_peer))
+        .layer(tower::util::MapResponseLayer::new(
+            validate::bound_grpc_message::<tonic::body::Body>,
+        ))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

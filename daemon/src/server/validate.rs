@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use qwend_shared::api;
 use qwend_shared::codec::bounded;
 use tonic::Status;
+use tonic::codegen::http;
 
 use crate::auth::ClientCtx;
 
@@ -76,9 +77,71 @@ pub fn env(env: &HashMap<String, String>) -> Result<(), Status> {
     Ok(())
 }
 
+/// The longest `grpc-message` the daemon sends, percent-encoded. grpc-core clients
+/// (grpcio) refuse replies whose metadata passes 8 KiB, so a message quoting a long path
+/// would hide the error itself.
+const MAX_GRPC_MESSAGE: usize = 1024;
+
+/// Response layer for every call: a `grpc-message` longer than [`MAX_GRPC_MESSAGE`] is cut,
+/// between escapes and characters, and marked with "…". Errors are sent trailers-only
+/// (status in the headers), which is where this looks.
+pub fn bound_grpc_message<B>(mut res: http::Response<B>) -> http::Response<B> {
+    let Some(v) = res.headers().get("grpc-message") else {
+        return res;
+    };
+    let b = v.as_bytes();
+    if b.len() <= MAX_GRPC_MESSAGE {
+        return res;
+    }
+    let escape_at = |i: usize| b.get(i) == Some(&b'%');
+    let continuation_at = |i: usize| {
+        escape_at(i)
+            && b.get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .is_some_and(|byte| byte & 0xC0 == 0x80)
+    };
+    let mut end = MAX_GRPC_MESSAGE;
+    // Not inside a %XX escape...
+    for back in 1..=2 {
+        if end >= back && escape_at(end - back) {
+            end -= back;
+            break;
+        }
+    }
+    // ...nor inside a multi-byte character.
+    while end >= 3 && continuation_at(end) {
+        end -= 3;
+    }
+    let mut cut = b[..end].to_vec();
+    cut.extend_from_slice(b"%E2%80%A6");
+    if let Ok(v) = http::HeaderValue::from_bytes(&cut) {
+        res.headers_mut().insert("grpc-message", v);
+    }
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_grpc_messages_are_cut_between_characters() {
+        let msg = format!("cwd {}: not found", "%C3%A9".repeat(2000));
+        let res = http::Response::builder()
+            .header("grpc-message", msg.as_str())
+            .body(())
+            .unwrap();
+        let res = bound_grpc_message(res);
+        let v = res.headers()["grpc-message"].to_str().unwrap();
+        assert!(v.len() <= MAX_GRPC_MESSAGE + 9, "{}", v.len());
+        assert!(v.ends_with("%C3%A9%E2%80%A6"), "{v}");
+        let short = http::Response::builder()
+            .header("grpc-message", "short")
+            .body(())
+            .unwrap();
+        assert_eq!(bound_grpc_message(short).headers()["grpc-message"], "short");
+    }
 
     #[test]
     fn a_huge_cwd_is_invalid_and_barely_quoted() {
