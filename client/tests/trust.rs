@@ -425,6 +425,20 @@ async fn huge_or_invalid_request_fields_are_invalid_argument_with_short_messages
     assert_short_invalid(&s, "NUL in an env value");
     assert!(!s.message().contains("secret"), "{}", s.message());
 
+    // Within bounds but long and non-ASCII (percent-encoded threefold in grpc-message):
+    // the error quoting it is cut so that grpcio's 8 KiB metadata limit is never hit.
+    let long = format!("/{}", "é".repeat(2000));
+    let s = raw_resolve_env(
+        channel.clone(),
+        RawResolveEnv {
+            cwd: long.into_bytes(),
+            env_entries: vec![],
+        },
+    )
+    .await;
+    assert_ne!(s.code(), tonic::Code::Internal, "{s:?}");
+    assert!(s.message().len() < 1100, "{} bytes", s.message().len());
+
     // And the daemon still serves.
     let out = env.qwen(&["env", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
