@@ -36,6 +36,17 @@ pub struct Limits {
     pub first_request_timeout: Duration,
 }
 
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Limits {
     /// `QWEND_MAX_CONNECTIONS` (default: half the descriptor limit, at most 512, so the
     /// daemon keeps descriptors for its own files and HTTPS connections) and
@@ -56,7 +67,7 @@ impl Limits {
                     || format!("{ENV_FIRST_REQUEST_TIMEOUT_MS}={v:?}: expected milliseconds > 0"),
                 )?)
             }
-            Err(_) => Duration::from_secs(10),
+            Err(_) => DEFAULT_FIRST_REQUEST_TIMEOUT,
         };
         Ok(Self {
             max_connections,

@@ -52,7 +52,12 @@ pub async fn serve(
     connections: Arc<Connections>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let limits = conn::Limits::from_env().map_err(ServeError::Config)?;
+    // Read here, after the daemon reported ready: a bad value must not take it down, so it
+    // is logged and the default used.
+    let limits = conn::Limits::from_env().unwrap_or_else(|e| {
+        tracing::error!("{e}; using the default connection limits");
+        conn::Limits::default()
+    });
     // Both reflection versions: grpcurl speaks v1, Python's grpcio-reflection and several
     // GUI tools still speak v1alpha.
     let reflection = || {
@@ -116,8 +121,6 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("{0}")]
-    Config(String),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
