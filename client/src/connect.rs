@@ -55,6 +55,9 @@ pub async fn ensure(socket: &Path) -> Result<Channel, ClientError> {
 }
 
 fn unreachable(socket: &Path, e: &TransportError) -> ClientError {
+    if e.is_untrusted() {
+        return ClientError::Untrusted(e.to_string());
+    }
     ClientError::Unreachable {
         socket: socket.display().to_string(),
         reason: match e {

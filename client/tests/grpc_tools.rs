@@ -2,6 +2,9 @@
 //! the standard health service answers.
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 use common::*;
 use tokio_stream::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -64,4 +67,89 @@ async fn a_client_holding_a_connection_does_not_block_shutdown_forever() {
     while alive(pid) {
         std::thread::yield_now();
     }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Python's stock grpcio and grpcio-reflection (v1alpha), `grpc.insecure_channel("unix://…")`
+/// with no options: grpc-core's socket-path `:authority` is accepted, reflection lists the
+/// API, Health answers.
+#[test]
+fn stock_python_grpcio_with_default_options_lists_and_calls_health() {
+    let python = std::env::var_os("QWEND_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/plugin-py/bin/python"));
+    let usable = Command::new(&python)
+        .args(["-c", "import grpc, grpc_reflection"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !usable {
+        let msg = format!(
+            "needs {} with grpcio and grpcio-reflection (.ci/run installs them)",
+            python.display()
+        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("skipped: {msg}");
+        return;
+    }
+    let env = TestEnv::new();
+    env.status();
+    let out = Command::new(&python)
+        .arg(workspace().join("docs/plugins/reflect.py"))
+        .arg(&env.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let services: Vec<&str> = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for s in [
+        "qwend.v1.Daemon",
+        "qwend.v1.Auth",
+        "qwend.v1.Env",
+        "qwend.v1.Quota",
+        "qwend.v1.Events",
+    ] {
+        assert!(services.contains(&s), "{s} missing: {services:?}");
+    }
+    assert_eq!(v["health"][""], "SERVING", "{v}");
+    assert_eq!(v["health"]["qwend.v1.Daemon"], "SERVING", "{v}");
+}
+
+/// Reflection v1alpha, as older tools speak it, from Rust.
+#[tokio::test]
+async fn reflection_v1alpha_is_served_too() {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let env = TestEnv::new();
+    env.status();
+    let channel = qwend_shared::transport::connect(&env.socket).await.unwrap();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let resp = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer: {resp:?}");
+    };
+    assert!(
+        list.service.iter().any(|s| s.name == "qwend.v1.Daemon"),
+        "{list:?}"
+    );
 }

@@ -29,6 +29,7 @@ impl Cli {
     pub fn socket_path(&self) -> PathBuf {
         self.socket
             .clone()
+            .map(qwend_shared::paths::absolute)
             .unwrap_or_else(qwend_shared::paths::socket_path)
     }
 }

@@ -44,11 +44,7 @@ def default_socket():
 def main():
     socket = sys.argv[1] if len(sys.argv) > 1 else default_socket()
     daemon_pb2, daemon_grpc, events_pb2, events_grpc = load_stubs()
-    # grpc-core would otherwise derive :authority from the socket path, which HTTP/2
-    # servers (hyper, under tonic) reject.
-    channel = grpc.insecure_channel(
-        f"unix://{socket}", options=[("grpc.default_authority", "localhost")]
-    )
+    channel = grpc.insecure_channel(f"unix://{socket}")
     try:
         status = daemon_grpc.DaemonStub(channel).Status(daemon_pb2.StatusRequest(), timeout=5)
     except grpc.RpcError as e:

@@ -13,13 +13,17 @@ const SOCKET_NAME: &str = "qwend.sock";
 /// `<tmp>/qwend-<uid>/qwend.sock` (the tmux convention: a per-user 0700 directory in the
 /// system's runtime area, so every process of one user finds the same daemon no matter
 /// which `HOME` it was started with).
+///
+/// A relative `QWEND_SOCKET` is taken relative to the current directory and made absolute
+/// here, once: the client hands the path to the daemon it starts, and the daemon leaves
+/// its start directory.
 pub fn socket_path() -> PathBuf {
     socket_path_from(|k| std::env::var_os(k).map(PathBuf::from))
 }
 
 fn socket_path_from(var: impl Fn(&str) -> Option<PathBuf>) -> PathBuf {
     if let Some(p) = var(ENV_SOCKET).filter(|p| !p.as_os_str().is_empty()) {
-        return p;
+        return absolute(p);
     }
     if let Some(rt) = var("XDG_RUNTIME_DIR").filter(|p| p.is_absolute()) {
         return rt.join("qwend").join(SOCKET_NAME);
@@ -29,6 +33,16 @@ fn socket_path_from(var: impl Fn(&str) -> Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     tmp.join(format!("qwend-{}", crate::transport::current_uid()))
         .join(SOCKET_NAME)
+}
+
+/// `p` made absolute against the current directory (lexically: `..` and symlinks are
+/// left for the kernel). Kept as given when the current directory is gone; the socket
+/// directory check then reports what is wrong with it.
+pub fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        return p;
+    }
+    std::path::absolute(&p).unwrap_or(p)
 }
 
 /// The lock file that makes one daemon per socket: it sits beside the socket.
@@ -85,6 +99,13 @@ mod tests {
             ]),
             PathBuf::from("/x/s.sock")
         );
+    }
+
+    #[test]
+    fn relative_socket_is_resolved_against_the_cwd() {
+        let p = with(&[("QWEND_SOCKET", "relative.sock")]);
+        assert_eq!(p, std::env::current_dir().unwrap().join("relative.sock"));
+        assert!(lock_path_for(&p).parent().unwrap().is_absolute());
     }
 
     #[test]

@@ -23,13 +23,30 @@ pub enum TransportError {
     #[error("socket directory {path}: {source}")]
     Dir { path: PathBuf, source: io::Error },
     #[error(
-        "socket directory {path} is owned by uid {owner}, not by you (uid {me}); refusing to use it"
+        "socket directory {path} is owned by {}, not by you (uid {me}); refusing to use it",
+        user_label(*owner)
     )]
     DirNotOwned { path: PathBuf, owner: u32, me: u32 },
     #[error(
         "socket directory {path} has mode {mode:o}; it must not be accessible to others (expected 0700); fix with: chmod 700 {path}"
     )]
     DirTooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "{path}, which holds the socket directory, has mode {mode:o}: others may write to it and it has no sticky bit, so they could replace the socket directory; refusing to use it (fix with: chmod go-w {path}, or point XDG_RUNTIME_DIR or QWEND_SOCKET at a private place)"
+    )]
+    ParentWritable { path: PathBuf, mode: u32 },
+    #[error(
+        "{path}, which holds the socket directory, is owned by {}, who could replace the socket directory; refusing to use it (point XDG_RUNTIME_DIR or QWEND_SOCKET at a place you own)",
+        user_label(*owner)
+    )]
+    ParentNotOwned { path: PathBuf, owner: u32 },
+    #[error(
+        "the socket {path} is served by {}, not by you (uid {me}); refusing to send it anything (another user may be impersonating qwend; remove the socket or set QWEND_SOCKET to a private path)",
+        user_label(*peer)
+    )]
+    PeerNotOwned { path: PathBuf, peer: u32, me: u32 },
+    #[error("cannot tell who serves the socket {path}: {source}")]
+    PeerUnknown { path: PathBuf, source: io::Error },
     #[error("socket path {0} has no parent directory")]
     NoParent(PathBuf),
     #[error("lock file {path}: {source}")]
@@ -47,6 +64,39 @@ pub enum TransportError {
     },
 }
 
+impl TransportError {
+    /// Whether this refuses a socket or directory that someone else controls: the client
+    /// must not talk to it, and must not start a daemon there either.
+    pub fn is_untrusted(&self) -> bool {
+        matches!(
+            self,
+            Self::DirNotOwned { .. }
+                | Self::DirTooOpen { .. }
+                | Self::ParentWritable { .. }
+                | Self::ParentNotOwned { .. }
+                | Self::PeerNotOwned { .. }
+                | Self::PeerUnknown { .. }
+        )
+    }
+}
+
+/// `uid N (name)` for messages, the name from the passwd file when it has one. Read by
+/// hand: the libc lookup (`getpwuid_r`) would need `unsafe`, and a message needs no NSS.
+pub fn user_label(uid: u32) -> String {
+    let name = fs::read_to_string("/etc/passwd").ok().and_then(|text| {
+        text.lines().find_map(|line| {
+            let mut f = line.split(':');
+            let name = f.next()?;
+            let id: u32 = f.nth(1)?.parse().ok()?;
+            (id == uid).then(|| name.to_string())
+        })
+    });
+    match name {
+        Some(n) => format!("uid {uid} ({n})"),
+        None => format!("uid {uid}"),
+    }
+}
+
 pub fn current_uid() -> u32 {
     rustix::process::getuid().as_raw()
 }
@@ -54,10 +104,6 @@ pub fn current_uid() -> u32 {
 /// Create (0700) or validate the directory that holds the socket. A directory that another
 /// user owns, or that others can enter, could let them replace our socket: refuse it.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), TransportError> {
-    let err = |source| TransportError::Dir {
-        path: dir.to_path_buf(),
-        source,
-    };
     match fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -65,13 +111,61 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), TransportError> {
     {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(err(e)),
+        Err(e) => {
+            return Err(TransportError::Dir {
+                path: dir.to_path_buf(),
+                source: e,
+            });
+        }
     }
-    let meta = fs::symlink_metadata(dir).map_err(err)?;
-    if !meta.is_dir() {
-        return Err(err(io::Error::other("not a directory")));
-    }
+    check_socket_dir(dir)
+}
+
+/// The trust rules for the directory that holds the socket (docs/trust.md), checked by the
+/// daemon before it binds and by every client before it connects:
+/// - the directory is ours and private (no access for group or others), so nobody else can
+///   put a socket in it;
+/// - the directory that holds it is not writable by others unless sticky (like /tmp), and
+///   is owned by us or root, so nobody else can rename our directory away and put theirs
+///   in its place (an `XDG_RUNTIME_DIR` that is group- or world-writable, say).
+///
+/// A directory that does not exist yet passes: there is nothing to connect to, and the
+/// daemon creates it 0700.
+pub fn check_socket_dir(dir: &Path) -> Result<(), TransportError> {
     let me = current_uid();
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Ok(meta) = fs::metadata(parent)
+    {
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(TransportError::ParentWritable {
+                path: parent.to_path_buf(),
+                mode,
+            });
+        }
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(TransportError::ParentNotOwned {
+                path: parent.to_path_buf(),
+                owner: meta.uid(),
+            });
+        }
+    }
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(TransportError::Dir {
+                path: dir.to_path_buf(),
+                source: e,
+            });
+        }
+    };
+    if !meta.is_dir() {
+        return Err(TransportError::Dir {
+            path: dir.to_path_buf(),
+            source: io::Error::other("not a directory"),
+        });
+    }
     if meta.uid() != me {
         return Err(TransportError::DirNotOwned {
             path: dir.to_path_buf(),
@@ -287,15 +381,15 @@ pub fn check_peer(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::
 
 /// Open a gRPC channel over the socket. Fails fast (no retry) when nothing listens, so the
 /// client can decide to start a daemon.
+///
+/// Every connection, the first and any reconnect, is checked before a byte is written: the
+/// socket's directory must pass [`check_socket_dir`] and the process at the other end must
+/// run as our own uid. Every request carries the caller's environment, so talking to
+/// someone else's socket would hand them our secrets (and let them answer with theirs).
 pub async fn connect(path: &Path) -> Result<Channel, TransportError> {
     // Connect once up front: tonic's lazy connector would otherwise turn "no daemon" into
     // a generic transport error on the first call.
-    let first = UnixStream::connect(path)
-        .await
-        .map_err(|source| TransportError::Connect {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let first = connect_trusted(path).await?;
     let mut first = Some(first);
     let socket = path.to_path_buf();
     // The URI is required by the API but unused: the connector below ignores it.
@@ -312,7 +406,7 @@ pub async fn connect(path: &Path) -> Result<Channel, TransportError> {
             async move {
                 let stream = match pre {
                     Some(s) => s,
-                    None => UnixStream::connect(&socket).await?,
+                    None => connect_trusted(&socket).await.map_err(io::Error::other)?,
                 };
                 Ok::<_, io::Error>(TokioIo::new(stream))
             }
@@ -322,6 +416,64 @@ pub async fn connect(path: &Path) -> Result<Channel, TransportError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// A raw connection to the socket whose peer is known to be our own uid; nothing has been
+/// written to it yet.
+pub async fn connect_trusted(path: &Path) -> Result<UnixStream, TransportError> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| TransportError::NoParent(path.to_path_buf()))?;
+    check_socket_dir(dir)?;
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| TransportError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    verify_peer(&stream, path)?;
+    Ok(stream)
+}
+
+/// The peer's credentials as the kernel recorded them when it connected us
+/// (`SO_PEERCRED` on Linux, `getpeereid` on the BSDs and macOS, via tokio).
+fn verify_peer(stream: &UnixStream, path: &Path) -> Result<(), TransportError> {
+    let me = current_uid();
+    let cred = stream
+        .peer_cred()
+        .map_err(|source| TransportError::PeerUnknown {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if cred.uid() != me {
+        return Err(TransportError::PeerNotOwned {
+            path: path.to_path_buf(),
+            peer: cred.uid(),
+            me,
+        });
+    }
+    Ok(())
+}
+
+/// The pid of the daemon that serves `socket`, from the lock file beside it, while that
+/// daemon holds the lock (alive, even if stopped or stuck); `None` when no process holds
+/// it (none runs, or it died: a killed daemon's pid stays in the file).
+///
+/// Takes a shared lock for an instant to find out, so a daemon starting at that very
+/// moment may report "already running (pid unknown)"; use it where something already
+/// went wrong, not on every call.
+pub fn daemon_pid(socket: &Path) -> Option<u32> {
+    let path = crate::paths::lock_path_for(socket);
+    let mut file = File::open(path).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => None,
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            file.read_to_string(&mut text).ok()?;
+            text.trim().parse().ok()
+        }
+        Err(fs::TryLockError::Error(_)) => None,
+    }
 }
 
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -420,7 +572,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_socket_that_never_answers_fails_the_call_instead_of_hanging() {
         let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("mute.sock");
+        let dir = t.path().join("private");
+        ensure_private_dir(&dir).unwrap();
+        let p = dir.join("mute.sock");
         // Bound and listening, but nobody ever accepts: the kernel completes the connect.
         let _mute = std::os::unix::net::UnixListener::bind(&p).unwrap();
         let channel = connect(&p).await.unwrap();
@@ -435,7 +589,30 @@ mod tests {
     #[tokio::test]
     async fn connect_to_nothing_is_not_running() {
         let t = tempfile::tempdir().unwrap();
-        let e = connect(&t.path().join("none.sock")).await.unwrap_err();
+        let dir = t.path().join("private");
+        ensure_private_dir(&dir).unwrap();
+        let e = connect(&dir.join("none.sock")).await.unwrap_err();
         assert!(is_not_running(&e), "{e}");
+        // No directory at all: still "not running" (the daemon creates it).
+        let e = connect(&t.path().join("absent/none.sock"))
+            .await
+            .unwrap_err();
+        assert!(is_not_running(&e), "{e}");
+    }
+
+    #[test]
+    fn a_writable_parent_without_sticky_bit_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let parent = t.path().join("shared");
+        fs::create_dir(&parent).unwrap();
+        let dir = parent.join("qwend");
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_socket_dir(&dir).unwrap_err();
+        assert!(matches!(e, TransportError::ParentWritable { .. }), "{e}");
+        assert!(e.is_untrusted());
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o1777)).unwrap();
+        check_socket_dir(&dir).unwrap();
+        ensure_private_dir(&dir).unwrap();
+        check_socket_dir(&dir).unwrap();
     }
 }

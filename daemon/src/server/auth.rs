@@ -8,7 +8,8 @@ use qwend_shared::api::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::auth::{AuthError, AuthState, AuthType, ClientCtx};
+use super::validate::client_ctx;
+use crate::auth::{AuthError, AuthState, AuthType};
 use crate::events::Hub;
 use crate::login::{LoginCoordinator, LoginResult, Outcome, Start, Update};
 use crate::oauth::DeviceFlowEvent;
@@ -31,14 +32,6 @@ pub struct AuthService {
 impl AuthService {
     pub fn new(auth: Arc<AuthState>, login: Arc<LoginCoordinator>, hub: Arc<Hub>) -> Self {
         Self { auth, login, hub }
-    }
-}
-
-pub fn client_ctx(c: Option<api::ClientContext>) -> ClientCtx {
-    let c = c.unwrap_or_default();
-    ClientCtx {
-        cwd: c.cwd.into(),
-        env: c.env,
     }
 }
 
@@ -93,7 +86,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthStatusRequest>,
     ) -> Result<Response<api::AuthStatus>, Status> {
-        let ctx = client_ctx(req.into_inner().client);
+        let ctx = client_ctx(req.into_inner().client)?;
         // Picks up a login made meanwhile with Qwen Code; a store problem shows in status.
         let _ = self.auth.tokens().await;
         let auth = self.auth.clone();
@@ -119,7 +112,7 @@ impl Auth for AuthService {
                 ));
             }
         };
-        let ctx = client_ctx(req.client);
+        let ctx = client_ctx(req.client)?;
         let auth = self.auth.clone();
         let st = blocking(move || {
             let st = auth.switch(to, &ctx).map_err(to_status)?;
@@ -229,7 +222,7 @@ impl Auth for AuthService {
         req: Request<GetCredentialsRequest>,
     ) -> Result<Response<CredentialsReply>, Status> {
         let req = req.into_inner();
-        let ctx = client_ctx(req.client);
+        let ctx = client_ctx(req.client)?;
         let rejected = req.rejected_token.map(secrecy::SecretString::from);
         let ready = self
             .auth

@@ -27,6 +27,8 @@ impl Env for EnvService {
         req: Request<ResolveEnvRequest>,
     ) -> Result<Response<ResolveEnvResponse>, Status> {
         let req = req.into_inner();
+        super::validate::cwd(&req.cwd)?;
+        super::validate::env(&req.env)?;
         let resolver = self.resolver.clone();
         // Filesystem walks block; keep them off the async workers.
         let res = tokio::task::spawn_blocking(move || {

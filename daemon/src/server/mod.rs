@@ -1,9 +1,12 @@
 //! The gRPC services the daemon serves on its socket, one module per service.
 mod auth;
+mod authority;
+mod conn;
 mod daemon;
 mod env;
 mod events;
 mod quota;
+mod validate;
 
 use self::auth::AuthService;
 use self::quota::QuotaService;
@@ -23,8 +26,6 @@ use qwend_shared::api::env_server::EnvServer;
 use qwend_shared::transport::check_peer;
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::idle::Connections;
 
@@ -51,10 +52,21 @@ pub async fn serve(
     connections: Arc<Connections>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(qwend_shared::api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Read here, after the daemon reported ready: a bad value must not take it down, so it
+    // is logged and the default used.
+    let limits = conn::Limits::from_env().unwrap_or_else(|e| {
+        tracing::error!("{e}; using the default connection limits");
+        conn::Limits::default()
+    });
+    // Both reflection versions: grpcurl speaks v1, Python's grpcio-reflection and several
+    // GUI tools still speak v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(qwend_shared::api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<DaemonServer<DaemonService>>()
@@ -78,12 +90,16 @@ pub async fn serve(
         state.hub.clone(),
     );
     let events = EventsService::new(state.hub.clone());
-    let incoming = UnixListenerStream::new(listener).map(move |s| s.map(|s| connections.track(s)));
+    let incoming = conn::incoming(listener, connections, limits);
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(tonic::service::InterceptorLayer::new(check_peer))
+        .layer(tower::util::MapResponseLayer::new(
+            validate::bound_grpc_message::<tonic::body::Body>,
+        ))
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(DaemonServer::new(DaemonService::new(state)))
         .add_service(EnvServer::new(env))
         .add_service(AuthServer::new(auth))

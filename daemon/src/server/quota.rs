@@ -11,7 +11,7 @@ use qwend_shared::api::{
 };
 use tonic::{Request, Response, Status};
 
-use super::auth::client_ctx;
+use super::validate::client_ctx;
 use crate::auth::{AuthState, AuthType, ClientCtx};
 use crate::clock::SharedClock;
 use crate::config::OPENAI_ACCOUNT;
@@ -191,7 +191,7 @@ impl QuotaRpc for QuotaService {
         req: Request<AcquirePermitRequest>,
     ) -> Result<Response<AcquirePermitResponse>, Status> {
         let req = req.into_inner();
-        let account = self.account(client_ctx(req.client)).await?;
+        let account = self.account(client_ctx(req.client)?).await?;
         let deadline = self.clock.now_ms() + req.wait_ms.min(MAX_WAIT_MS) as i64;
         let decision = self
             .quota
@@ -222,7 +222,7 @@ impl QuotaRpc for QuotaService {
         req: Request<ReportOutcomeRequest>,
     ) -> Result<Response<ReportOutcomeResponse>, Status> {
         let req = req.into_inner();
-        let account = self.account(client_ctx(req.client)).await?;
+        let account = self.account(client_ctx(req.client)?).await?;
         let outcome = if req.daily_exhausted {
             Outcome::DailyExhausted {
                 retry_after_ms: req.retry_after_ms,
@@ -249,7 +249,7 @@ impl QuotaRpc for QuotaService {
         &self,
         req: Request<GetQuotaRequest>,
     ) -> Result<Response<api::QuotaStatus>, Status> {
-        let account = self.account(client_ctx(req.into_inner().client)).await?;
+        let account = self.account(client_ctx(req.into_inner().client)?).await?;
         Ok(Response::new(self.status(&account)))
     }
 
@@ -268,7 +268,7 @@ impl QuotaRpc for QuotaService {
                 }
                 Arc::from(named)
             }
-            _ => self.account(client_ctx(req.client)).await?,
+            _ => self.account(client_ctx(req.client)?).await?,
         };
         self.quota
             .reset(&account)
