@@ -8,6 +8,7 @@ pub mod config;
 pub mod credentials;
 pub mod dotenv;
 pub mod events;
+pub mod fsread;
 pub mod idle;
 pub mod lifecycle;
 pub mod logging;
