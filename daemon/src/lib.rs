@@ -2,6 +2,7 @@
 pub mod account;
 pub mod activation;
 pub mod auth;
+pub mod blocking;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod credentials;
 pub mod dotenv;
 pub mod events;
 pub mod fsread;
+pub mod hygiene;
 pub mod idle;
 pub mod lifecycle;
 pub mod logging;

@@ -110,7 +110,8 @@ fn temp_prefix(path: &Path) -> String {
 }
 
 /// Temp files of writers that were killed mid-write still hold (old) tokens; remove ours
-/// once they are clearly abandoned. `min_age_ms` keeps a concurrent writer's file safe.
+/// once they are clearly abandoned. `min_age_ms` keeps a concurrent writer's file safe;
+/// a negative value removes them all (for a caller that knows no write is under way).
 pub(crate) fn sweep_temp_files(path: &Path, clock: &dyn Clock, min_age_ms: i64) {
     let prefix = temp_prefix(path);
     let Ok(entries) = fs::read_dir(parent_dir(path)) else {
@@ -122,10 +123,11 @@ pub(crate) fn sweep_temp_files(path: &Path, clock: &dyn Clock, min_age_ms: i64) 
         if !(name.starts_with(&prefix) && name.ends_with(".tmp")) {
             continue;
         }
-        let old = entry
-            .metadata()
-            .and_then(|m| mtime_ms(&m))
-            .is_ok_and(|m| clock.now_ms() - m > min_age_ms);
+        let old = min_age_ms < 0
+            || entry
+                .metadata()
+                .and_then(|m| mtime_ms(&m))
+                .is_ok_and(|m| clock.now_ms() - m > min_age_ms);
         if old {
             let _ = fs::remove_file(entry.path());
         }
