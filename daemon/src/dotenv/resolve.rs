@@ -651,7 +651,7 @@ mod tests {
         t.write("p/.env", "A=1\n");
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &t.p("p/sub/.env"),
+            t.p("p/sub/.env"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,
