@@ -44,12 +44,18 @@ pub fn to_file(state_dir: Option<&Path>) -> Option<PathBuf> {
         .create(dir)
         .ok()?;
     let path = dir.join(LOG_FILE);
+    // Non-blocking: a FIFO in the log's place must not hang start-up (open for writing
+    // blocks until a reader appears). Anything but a regular file is not a log.
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
         .open(&path)
         .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter())
         .with_ansi(false)
