@@ -313,11 +313,10 @@ impl Services {
                 ..Default::default()
             },
         ));
-        // Open the store and start the proactive refresh now, not on the first request.
-        // First, temp files that a write killed in an earlier run left beside Qwen Code's
-        // file: they hold refresh tokens (our own store sweeps its directory on opening).
+        // Temp files that a write killed in an earlier run left beside Qwen Code's file
+        // hold refresh tokens (our own store sweeps its directory when it opens). On its
+        // own task: it waits for `oauth_creds.lock`, which Qwen Code may be holding.
         {
-            let auth = auth.clone();
             let qwen = crate::store::QwenCredsFile::new(config.qwen_home.clone(), clock.clone());
             tokio::spawn(async move {
                 let swept = crate::blocking::run(
@@ -331,6 +330,12 @@ impl Services {
                     Ok(Err(e)) => tracing::warn!("cannot remove abandoned temp files: {e}"),
                     Err(e) => tracing::warn!("{e}"),
                 }
+            });
+        }
+        // Open the store and start the proactive refresh now, not on the first request.
+        {
+            let auth = auth.clone();
+            tokio::spawn(async move {
                 if let Err(e) = auth.tokens().await {
                     tracing::warn!("Qwen OAuth credentials unavailable: {e}");
                 }
