@@ -126,9 +126,9 @@ fn bad_files_get_warnings_and_the_daemon_keeps_serving() {
     let env = TestEnv::new();
     let big = env.root.path().join("big");
     std::fs::create_dir_all(&big).unwrap();
-    // 50 MB: refused without being read into memory.
+    // 100 MiB (sparse), over the 64 MiB bound: refused without being read into memory.
     let f = std::fs::File::create(big.join(".env")).unwrap();
-    f.set_len(50 * 1024 * 1024).unwrap();
+    f.set_len(100 * 1024 * 1024).unwrap();
     let out = env
         .qwen_cmd(&["env", "--json"])
         .current_dir(&big)

@@ -118,7 +118,8 @@ impl AccountTracker {
     /// no account known (the shared `qwen-oauth` counters); it is replaced at the next login
     /// that names an account.
     pub fn open(path: PathBuf) -> Self {
-        let id = match std::fs::read_to_string(&path) {
+        // An id is a short line; a FIFO or a huge file here must not hang or bloat start-up.
+        let id = match crate::fsread::read_small_text(&path, 64 * 1024) {
             Ok(text) => {
                 let id = AccountId::parse(text.trim());
                 if id.is_none() {

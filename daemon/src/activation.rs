@@ -20,6 +20,13 @@ impl Inherited {
     }
 }
 
+/// The descriptor number, so the daemon keeps it when it closes what it inherited.
+impl std::os::fd::AsFd for Inherited {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
     #[error("socket activation: {0}")]

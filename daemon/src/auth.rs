@@ -858,7 +858,7 @@ fn oauth_model_for(requested: Option<&str>, docs: &[Value], warnings: &mut Vec<S
 /// line, and nothing is written. Like Qwen Code's own settings writer, the result is plain
 /// JSON: when the file had comments, the original is kept beside it as `settings.json.orig`.
 pub fn write_selected_type(path: &Path, to: AuthType) -> Result<(), AuthError> {
-    let (mut doc, original) = match std::fs::read(path) {
+    let (mut doc, original) = match qwen_settings::read_bytes(path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes).into_owned();
             (qwen_settings::parse(path, &text)?, Some(text))

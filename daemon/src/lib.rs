@@ -2,12 +2,15 @@
 pub mod account;
 pub mod activation;
 pub mod auth;
+pub mod blocking;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod dotenv;
 pub mod events;
+pub mod fsread;
+pub mod hygiene;
 pub mod idle;
 pub mod lifecycle;
 pub mod logging;

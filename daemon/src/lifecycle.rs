@@ -21,16 +21,53 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Prefix of the line it prints instead when it cannot start.
 const FAILED: &str = "error: ";
 
+/// How long the runtime's shutdown waits for blocking jobs still running (a read stuck in
+/// a filesystem that does not answer): past it the process exits without them.
+const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub fn main(cli: Cli) -> ExitCode {
     if !cli.foreground && !cli.detached_child {
         return detach(&cli);
     }
+    // Process hygiene first, in this order (see docs/hardening.md). 1: claim the socket a
+    // service manager passed, then close every other inherited descriptor, before
+    // anything in this process opens one (and could get one of those numbers).
+    let socket = absolute(cli.socket_path());
+    let inherited = crate::activation::take_inherited(socket.clone());
+    let keep: Vec<std::os::fd::RawFd> = match &inherited {
+        Ok(Some(i)) => vec![std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(
+            i,
+        ))],
+        _ => Vec::new(),
+    };
+    let closed = crate::hygiene::close_inherited_fds(&keep);
+    // 2: no core files and no same-user ptrace, before any secret is in memory.
+    let no_cores = crate::hygiene::deny_core_dumps();
+    // 3: the detached daemon leaves the caller's session and terminal. (The parent did not
+    // make it a process group leader, which setsid refuses.)
+    let session = if cli.detached_child {
+        crate::hygiene::new_session()
+    } else {
+        Ok(())
+    };
     if cli.foreground {
         crate::logging::to_stderr();
     } else {
         crate::logging::to_file(paths::state_dir().as_deref());
     }
-    match run(&cli) {
+    if closed > 0 {
+        tracing::debug!("closed {closed} inherited file descriptors");
+    }
+    if let Err(e) = session {
+        tracing::warn!("cannot start a new session: {e}");
+    }
+    let result = match no_cores {
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot turn off core dumps ({e}); refusing to hold credentials"
+        )),
+        Ok(()) => run(&cli, socket, inherited),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -48,7 +85,8 @@ pub fn main(cli: Cli) -> ExitCode {
 /// has said why it cannot (exit 1). The `qwen` client relies on this: when `qwend` returns
 /// 0, the socket answers. No polling, no sleeps.
 fn detach(cli: &Cli) -> ExitCode {
-    let socket = cli.socket_path();
+    // Absolute: the daemon works from `/`.
+    let socket = absolute(cli.socket_path());
     match spawn_detached(&socket) {
         Ok(pid) => {
             eprintln!("qwend: listening on {} (pid {pid})", socket.display());
@@ -62,7 +100,6 @@ fn detach(cli: &Cli) -> ExitCode {
 }
 
 fn spawn_detached(socket: &Path) -> anyhow::Result<u32> {
-    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the qwend executable")?;
     let mut child = Command::new(exe)
         .arg("--detached-child")
@@ -71,8 +108,8 @@ fn spawn_detached(socket: &Path) -> anyhow::Result<u32> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        // Its own process group, so a Ctrl-C aimed at the client's terminal spares it.
-        .process_group(0)
+        // No process group of its own: it calls setsid (new session, new group, no
+        // terminal) first thing, which a group leader cannot.
         .spawn()
         .context("cannot start the daemon process")?;
     let pid = child.id();
@@ -109,24 +146,51 @@ fn silence_stdout() {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
-    let socket = cli.socket_path();
-    // Before the runtime exists: inherited descriptors must be claimed before anything else
-    // could open (and so reuse) fd numbers.
-    let inherited = crate::activation::take_inherited(socket.clone())?;
+/// `path` made absolute against the current directory (lexically; nothing is resolved),
+/// as it is when the daemon has moved to `/`.
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+fn run(
+    cli: &Cli,
+    socket: PathBuf,
+    inherited: Result<Option<crate::activation::Inherited>, crate::activation::ActivationError>,
+) -> anyhow::Result<()> {
+    let inherited = inherited?;
+    // Every path from the environment is made absolute before we leave the directory
+    // that relative ones were meant against.
+    let config = absolute_config(crate::config::Config::from_env()?);
+    crate::hygiene::leave_working_dir().context("cannot change directory to /")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(crate::blocking::MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(cli, socket, inherited))
+    let result = runtime.block_on(serve(cli, socket, inherited, config));
+    // Dropping the runtime would wait for every blocking job, forever for one stuck in a
+    // read; the process must end all the same.
+    runtime.shutdown_timeout(BLOCKING_GRACE);
+    // Released last: `qwen daemon stop` returns when it is, so by then we are exiting.
+    drop(result?);
+    tracing::info!("qwend stopped");
+    Ok(())
 }
 
+fn absolute_config(mut c: crate::config::Config) -> crate::config::Config {
+    c.qwen_home = absolute(c.qwen_home);
+    c.state_dir = c.state_dir.map(absolute);
+    c
+}
+
+/// Serves until a stop; returns the daemon lock, still held.
 async fn serve(
     cli: &Cli,
     socket: PathBuf,
     inherited: Option<crate::activation::Inherited>,
-) -> anyhow::Result<()> {
+    config: crate::config::Config,
+) -> anyhow::Result<DaemonLock> {
     let dir = socket
         .parent()
         .ok_or_else(|| TransportError::NoParent(socket.clone()))?;
@@ -148,7 +212,7 @@ async fn serve(
     let connections = crate::idle::Connections::new();
 
     let shutdown = Arc::new(Notify::new());
-    let services = Services::open().await?;
+    let services = Services::open_with(config).await?;
     let state = server::DaemonState {
         started: Instant::now(),
         socket: socket.clone(),
@@ -204,9 +268,7 @@ async fn serve(
             SHUTDOWN_GRACE.as_secs()
         ),
     }
-    drop(lock);
-    tracing::info!("qwend stopped");
-    Ok(())
+    Ok(lock)
 }
 
 /// The daemon's long-lived state, built from the environment.
@@ -221,7 +283,10 @@ pub struct Services {
 
 impl Services {
     pub async fn open() -> anyhow::Result<Self> {
-        let config = crate::config::Config::from_env()?;
+        Self::open_with(crate::config::Config::from_env()?).await
+    }
+
+    pub async fn open_with(config: crate::config::Config) -> anyhow::Result<Self> {
         let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
         let resolver = Arc::new(crate::dotenv::Resolver::default());
         let hub = Arc::new(crate::events::Hub::new(clock.clone()));
@@ -248,6 +313,25 @@ impl Services {
                 ..Default::default()
             },
         ));
+        // Temp files that a write killed in an earlier run left beside Qwen Code's file
+        // hold refresh tokens (our own store sweeps its directory when it opens). On its
+        // own task: it waits for `oauth_creds.lock`, which Qwen Code may be holding.
+        {
+            let qwen = crate::store::QwenCredsFile::new(config.qwen_home.clone(), clock.clone());
+            tokio::spawn(async move {
+                let swept = crate::blocking::run(
+                    "sweeping temp files",
+                    crate::blocking::STORE_DEADLINE,
+                    move || qwen.sweep_abandoned_temp_files(),
+                )
+                .await;
+                match swept {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("cannot remove abandoned temp files: {e}"),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            });
+        }
         // Open the store and start the proactive refresh now, not on the first request.
         {
             let auth = auth.clone();

@@ -16,11 +16,22 @@ fn filter() -> EnvFilter {
     EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// Colours only on a terminal: a pipe or a file (`qwend --foreground 2>log`, systemd's
+/// journal) gets plain text, and `NO_COLOR` turns them off on a terminal too.
 pub fn to_stderr() {
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter())
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Log to `<state_dir>/qwend.log`. Returns the path, or `None` when the directory cannot
@@ -33,12 +44,18 @@ pub fn to_file(state_dir: Option<&Path>) -> Option<PathBuf> {
         .create(dir)
         .ok()?;
     let path = dir.join(LOG_FILE);
+    // Non-blocking: a FIFO in the log's place must not hang start-up (open for writing
+    // blocks until a reader appears). Anything but a regular file is not a log.
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
         .open(&path)
         .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter())
         .with_ansi(false)
@@ -48,3 +65,14 @@ pub fn to_file(state_dir: Option<&Path>) -> Option<PathBuf> {
 }
 
 use std::os::unix::fs::DirBuilderExt;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(super::colour(true, None));
+        assert!(!super::colour(false, None));
+        assert!(!super::colour(true, Some("1".into())));
+        assert!(super::colour(true, Some("".into())));
+    }
+}

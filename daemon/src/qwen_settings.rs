@@ -27,7 +27,7 @@ pub enum SettingsError {
 
 /// One parsed settings file (an object), or nothing when the file does not exist.
 pub fn read_file(path: &Path) -> Result<Option<Value>, SettingsError> {
-    let text = match std::fs::read(path) {
+    let text = match read_bytes(path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(None),
@@ -39,6 +39,24 @@ pub fn read_file(path: &Path) -> Result<Option<Value>, SettingsError> {
         }
     };
     parse(path, &text).map(Some)
+}
+
+/// Settings files are small; this bound only keeps a runaway file from costing the daemon
+/// its memory.
+pub const MAX_SETTINGS_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The bytes of a settings file: a regular file of at most [`MAX_SETTINGS_BYTES`] (a FIFO
+/// in its place would block the read forever). `NotFound` when it does not exist.
+pub fn read_bytes(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    match crate::fsread::read_regular(path, MAX_SETTINGS_BYTES, &mut buf)? {
+        None => Err(std::io::ErrorKind::NotFound.into()),
+        Some(crate::fsread::Capped::Read) => Ok(buf),
+        Some(crate::fsread::Capped::TooLarge { size, limit }) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{size} bytes, over the {limit}-byte limit for settings files"),
+        )),
+    }
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Value, SettingsError> {

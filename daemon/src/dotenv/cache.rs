@@ -4,15 +4,26 @@
 //! kernel tick), so a same-size rewrite within one tick of our read would look unchanged:
 //! like git's "racy" index entries, an entry read less than `RACY_WINDOW` after the file's
 //! last change is never trusted, and the file is read again next time.
+//!
+//! Files are opened with [`crate::fsread::open_regular`]: a FIFO or a device in a project
+//! is refused at once instead of blocking the request. Memory is bounded three ways: no
+//! file over the cache's size limit is read; the cache keeps at most `CACHE_BUDGET` bytes
+//! of files (a larger file is parsed for each request, which is rare); and files over
+//! `BIG_FILE` are read one at a time, so many concurrent requests for a 60 MiB `.env`
+//! cost one file's worth of memory, not one each.
 use std::collections::HashMap;
-use std::fs::{File, Metadata};
-use std::io::Read;
+use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 const RACY_WINDOW: Duration = Duration::from_secs(2);
+/// Total size of the files whose parsed form the cache keeps.
+const CACHE_BUDGET: u64 = 16 * 1024 * 1024;
+/// Files above this are read and parsed under [`BIG_READS`], one at a time.
+const BIG_FILE: u64 = 1024 * 1024;
+static BIG_READS: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -44,6 +55,7 @@ impl Stamp {
 
 struct Entry<T> {
     stamp: Stamp,
+    bytes: u64,
     value: Arc<T>,
     trusted: bool,
 }
@@ -101,33 +113,34 @@ impl<T> FileCache<T> {
             }
         }
         // Stamp the open descriptor, not the path: what we cache is what we read.
-        let file = File::open(path)?;
-        let meta = file.metadata()?;
-        if meta.is_dir() {
-            return Err(std::io::Error::from_raw_os_error(libc_eisdir()));
-        }
-        if meta.len() > self.max_bytes {
-            return Ok(Loaded::TooLarge {
-                size: meta.len(),
-                limit: self.max_bytes,
-            });
-        }
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        let (file, meta) = crate::fsread::open_regular(path)?;
+        let _big =
+            (meta.len() > BIG_FILE).then(|| BIG_READS.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut bytes = Vec::new();
         // The size may grow between fstat and read: never read past the limit.
-        file.take(self.max_bytes + 1).read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > self.max_bytes {
-            return Ok(Loaded::TooLarge {
-                size: bytes.len() as u64,
-                limit: self.max_bytes,
-            });
+        if let crate::fsread::Capped::TooLarge { size, limit } =
+            crate::fsread::read_into(file, &meta, self.max_bytes, &mut bytes)?
+        {
+            return Ok(Loaded::TooLarge { size, limit });
         }
         let stamp = Stamp::of(&meta);
         let trusted = SystemTime::now()
             .duration_since(stamp.changed_at())
             .is_ok_and(|age| age >= RACY_WINDOW);
+        let size = bytes.len() as u64;
         let value = Arc::new(parse(&bytes));
+        drop(bytes);
+        if size > CACHE_BUDGET {
+            return Ok(Loaded::Value(value));
+        }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.capacity && !entries.contains_key(path) {
+        let held: u64 = entries
+            .iter()
+            .filter(|(p, _)| p.as_path() != path)
+            .map(|(_, e)| e.bytes)
+            .sum();
+        let full = entries.len() >= self.capacity && !entries.contains_key(path);
+        if full || held + size > CACHE_BUDGET {
             // Simple and bounded: the working set of .env files is small.
             entries.clear();
         }
@@ -135,6 +148,7 @@ impl<T> FileCache<T> {
             path.to_path_buf(),
             Entry {
                 stamp,
+                bytes: size,
                 value: value.clone(),
                 trusted,
             },
@@ -151,13 +165,10 @@ impl<T> FileCache<T> {
     }
 }
 
-fn libc_eisdir() -> i32 {
-    21 // EISDIR on Linux and macOS
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn set_old_mtime(path: &Path) {
@@ -231,6 +242,53 @@ mod tests {
         ));
         let e = cache.get(t.path(), |_| ()).err().unwrap();
         assert_eq!(e.raw_os_error(), Some(21));
+    }
+
+    #[test]
+    fn a_fifo_is_an_error_at_once() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join(".env");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &p,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let cache: FileCache<()> = FileCache::new(8, 1024);
+        let e = cache.get(&p, |_| ()).err().unwrap();
+        assert!(e.to_string().contains("FIFO"), "{e}");
+    }
+
+    #[test]
+    fn big_files_load_but_the_cache_keeps_a_bounded_total() {
+        let t = tempfile::tempdir().unwrap();
+        let cache: FileCache<usize> = FileCache::new(64, 64 * 1024 * 1024);
+        let big = vec![b'x'; (CACHE_BUDGET / 3) as usize];
+        for i in 0..8 {
+            let p = t.path().join(format!("f{i}"));
+            std::fs::write(&p, &big).unwrap();
+            match cache.get(&p, |b| b.len()).unwrap() {
+                Loaded::Value(n) => assert_eq!(*n, big.len()),
+                Loaded::TooLarge { .. } => panic!("refused"),
+            }
+            let held: u64 = cache
+                .entries
+                .lock()
+                .unwrap()
+                .values()
+                .map(|e| e.bytes)
+                .sum();
+            assert!(held <= CACHE_BUDGET, "{held}");
+        }
+        let huge = t.path().join("huge");
+        std::fs::write(&huge, vec![b'y'; CACHE_BUDGET as usize + 1]).unwrap();
+        assert!(matches!(
+            cache.get(&huge, |b| b.len()).unwrap(),
+            Loaded::Value(_)
+        ));
+        assert!(!cache.entries.lock().unwrap().contains_key(&huge));
     }
 
     #[test]

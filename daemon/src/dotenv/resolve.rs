@@ -8,10 +8,11 @@ use serde_json::Value;
 use super::cache::{FileCache, Loaded};
 use crate::qwen_settings::{self, Exclusions};
 
-/// Files above this size are not loaded (with a warning): a `.env` is a few lines, and a
-/// runaway file must not cost the daemon its memory.
-pub const MAX_ENV_FILE_BYTES: u64 = 1024 * 1024;
-const MAX_SETTINGS_BYTES: u64 = 4 * 1024 * 1024;
+/// Files above this size are not loaded (with a warning). Qwen Code loads a `.env` of any
+/// size, so the bound is generous; it only keeps a runaway file from costing the daemon
+/// its memory (and large files are read one at a time, see the cache).
+pub const MAX_ENV_FILE_BYTES: u64 = 64 * 1024 * 1024;
+use crate::qwen_settings::MAX_SETTINGS_BYTES;
 const CACHE_ENTRIES: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
@@ -630,6 +631,36 @@ mod tests {
             .unwrap();
         assert!(r.vars.is_empty());
         assert!(r.warnings[0].contains("limit"), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn a_regular_env_over_a_mib_loads_by_default() {
+        let t = Tree::new();
+        let mut body = "PAD=".to_string() + &"x".repeat(2 * 1024 * 1024) + "\n";
+        body.push_str("A=1\n");
+        t.write("p/.env", &body);
+        let r = t.resolve("p", &t.env(&[])).unwrap();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert_eq!(r.vars.last().unwrap(), &("A".to_string(), "1".to_string()));
+    }
+
+    #[test]
+    fn a_fifo_env_ends_the_walk_with_a_warning_and_does_not_block() {
+        let t = Tree::new();
+        t.mkdir("p/sub");
+        t.write("p/.env", "A=1\n");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            t.p("p/sub/.env"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let r = t.resolve("p/sub", &t.env(&[])).unwrap();
+        assert_eq!(r.file.as_deref(), Some(t.p("p/sub/.env").as_path()));
+        assert!(r.vars.is_empty());
+        assert!(r.warnings[0].contains("FIFO"), "{:?}", r.warnings);
     }
 
     #[test]

@@ -30,15 +30,25 @@ impl Env for EnvService {
         super::validate::cwd(&req.cwd)?;
         super::validate::env(&req.env)?;
         let resolver = self.resolver.clone();
-        // Filesystem walks block; keep them off the async workers.
-        let res = tokio::task::spawn_blocking(move || {
-            resolver.resolve(&EnvRequest {
-                cwd: Path::new(&req.cwd),
-                client_env: &req.env,
-            })
-        })
+        // Filesystem walks block; keep them off the async workers, and bound the wait: a
+        // stuck filesystem must not hold the request (or the client) forever.
+        let res = crate::blocking::run(
+            ".env resolution",
+            crate::blocking::ENV_DEADLINE,
+            move || {
+                resolver.resolve(&EnvRequest {
+                    cwd: Path::new(&req.cwd),
+                    client_env: &req.env,
+                })
+            },
+        )
         .await
-        .map_err(|e| Status::internal(format!("resolver task failed: {e}")))?
+        .map_err(|e| match e {
+            crate::blocking::BlockingError::Deadline { .. } => {
+                Status::deadline_exceeded(e.to_string())
+            }
+            crate::blocking::BlockingError::Failed { .. } => Status::internal(e.to_string()),
+        })?
         .map_err(|e| match e {
             EnvError::RelativeCwd(_) | EnvError::NoHome => Status::invalid_argument(e.to_string()),
             EnvError::CwdMissing { .. } | EnvError::HomeMissing(_) => {

@@ -38,6 +38,13 @@ impl FileStore {
         &self.path
     }
 
+    /// Removes every temp file of an interrupted write, whatever its age: at start-up and
+    /// at logout. Only qwend writes this directory, and a daemon does either before it
+    /// writes (at start-up) or instead of writing (at logout).
+    pub fn sweep_abandoned_temp_files(&self) {
+        fsutil::sweep_temp_files(&self.path, &*self.clock, -1);
+    }
+
     fn read(&self) -> Result<Option<Result<Credentials, codec::DecodeError>>, StoreError> {
         let bytes =
             fsutil::read_capped(&self.path).map_err(|e| StoreError::io(&self.path, "read", e))?;
@@ -81,7 +88,9 @@ impl CredentialStore for FileStore {
             .map_err(|e| StoreError::io(&self.path, "write", e))
     }
 
+    /// Also removes every temp file of an interrupted write: they hold refresh tokens.
     fn clear(&self) -> Result<Removal, StoreError> {
+        self.sweep_abandoned_temp_files();
         match self.read()? {
             None => Ok(Removal::NotPresent),
             Some(Ok(_)) => match fs::remove_file(&self.path) {

@@ -69,15 +69,16 @@ pub(crate) fn mtime_ms(md: &fs::Metadata) -> io::Result<i64> {
 
 /// Reads at most one byte past the decoder's limit, so an absurd file cannot exhaust memory
 /// and the decoder still sees that it was too large. `Ok(None)` when it does not exist.
+/// Anything but a regular file (a FIFO would block the read forever) is an error.
 pub(crate) fn read_capped(path: &Path) -> io::Result<Option<Zeroizing<Vec<u8>>>> {
-    let file = match File::open(path) {
+    let (file, md) = match crate::fsread::open_regular(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let hint = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
     // Pre-sized so the secret-bearing buffer is not reallocated while it grows.
-    let mut buf = Zeroizing::new(Vec::with_capacity(hint.min(MAX_FILE_BYTES) + 1));
+    let hint = (md.len() as usize).min(MAX_FILE_BYTES) + 1;
+    let mut buf = Zeroizing::new(Vec::with_capacity(hint));
     file.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut buf)?;
     Ok(Some(buf))
 }
@@ -109,7 +110,8 @@ fn temp_prefix(path: &Path) -> String {
 }
 
 /// Temp files of writers that were killed mid-write still hold (old) tokens; remove ours
-/// once they are clearly abandoned. `min_age_ms` keeps a concurrent writer's file safe.
+/// once they are clearly abandoned. `min_age_ms` keeps a concurrent writer's file safe;
+/// a negative value removes them all (for a caller that knows no write is under way).
 pub(crate) fn sweep_temp_files(path: &Path, clock: &dyn Clock, min_age_ms: i64) {
     let prefix = temp_prefix(path);
     let Ok(entries) = fs::read_dir(parent_dir(path)) else {
@@ -121,10 +123,11 @@ pub(crate) fn sweep_temp_files(path: &Path, clock: &dyn Clock, min_age_ms: i64) 
         if !(name.starts_with(&prefix) && name.ends_with(".tmp")) {
             continue;
         }
-        let old = entry
-            .metadata()
-            .and_then(|m| mtime_ms(&m))
-            .is_ok_and(|m| clock.now_ms() - m > min_age_ms);
+        let old = min_age_ms < 0
+            || entry
+                .metadata()
+                .and_then(|m| mtime_ms(&m))
+                .is_ok_and(|m| clock.now_ms() - m > min_age_ms);
         if old {
             let _ = fs::remove_file(entry.path());
         }
@@ -237,7 +240,7 @@ pub(crate) fn preserve_aside(path: &Path, clock: &dyn Clock, how: Aside) -> io::
 }
 
 fn copy_new(from: &Path, to: &Path) -> io::Result<()> {
-    let mut src = File::open(from)?;
+    let (mut src, _) = crate::fsread::open_regular(from)?;
     let mut dst = create_private(to)?;
     let copied = io::copy(&mut src, &mut dst).and_then(|_| dst.sync_all());
     if copied.is_err() {

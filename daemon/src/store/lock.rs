@@ -118,10 +118,8 @@ impl CredsLock {
 
     /// Refreshes the mtime so a long operation under the lock is not judged stale.
     pub fn touch(&self) -> Result<(), LockError> {
-        OpenOptions::new()
-            .write(true)
-            .open(&self.path)
-            .and_then(|f| f.set_modified(SystemTime::now()))
+        crate::fsread::open_regular(&self.path)
+            .and_then(|(f, _)| f.set_modified(SystemTime::now()))
             .map_err(|source| LockError::Io {
                 path: self.path.clone(),
                 action: "refresh",
@@ -139,7 +137,7 @@ impl CredsLock {
         if !std::mem::take(&mut self.held) {
             return;
         }
-        match fs::read_to_string(&self.path) {
+        match read_lock(&self.path) {
             Ok(content) if self.id.as_ref().is_none_or(|id| *id == content) => {
                 if let Err(e) = fs::remove_file(&self.path)
                     && e.kind() != io::ErrorKind::NotFound
@@ -175,6 +173,12 @@ fn owner_id() -> String {
     }
 }
 
+/// A lock file holds one short line; anyone can put a FIFO or a huge file in its place, and
+/// neither may hang or bloat the daemon.
+fn read_lock(path: &Path) -> io::Result<String> {
+    crate::fsread::read_small_text(path, 4096)
+}
+
 fn boot_id() -> Option<String> {
     let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     Some(id.trim().to_string()).filter(|s| !s.is_empty())
@@ -184,7 +188,7 @@ fn boot_id() -> Option<String> {
 /// from Qwen Code, another machine, an earlier boot or a live (or reused) pid is left to
 /// the staleness rule.
 fn owner_is_gone(path: &Path) -> bool {
-    let Ok(content) = fs::read_to_string(path) else {
+    let Ok(content) = read_lock(path) else {
         return false;
     };
     let mut fields = content.split(' ');

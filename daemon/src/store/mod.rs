@@ -188,6 +188,9 @@ impl Stores {
 
     pub fn open_with(cfg: StoreConfig, opener: KeyringOpener) -> Result<Self, StoreError> {
         let file = Arc::new(FileStore::new(&cfg.file_dir, cfg.clock.clone()));
+        // Opened once per daemon, at start-up: a write killed in an earlier run may have
+        // left a temp file holding a refresh token.
+        file.sweep_abandoned_temp_files();
         let (keyring, fallback_reason) = match cfg.choice {
             Some(StoreKind::File) => (None, None),
             Some(StoreKind::Keyring) => (Some(Arc::new(opener(&cfg.keyring)?)), None),

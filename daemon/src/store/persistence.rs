@@ -88,12 +88,14 @@ impl StorePersistence {
 /// Keeps `oauth_creds.lock` held while the token manager holds the guard.
 struct HeldLock(#[allow(dead_code)] QwenCredsGuard);
 
+/// Store work on the blocking pool, with a deadline: a hung keyring or filesystem fails
+/// the operation (the token manager keeps its in-memory state) instead of holding it.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, PersistenceError> {
-    tokio::task::spawn_blocking(f)
+    crate::blocking::run("credential store", crate::blocking::STORE_DEADLINE, f)
         .await
-        .map_err(|e| PersistenceError(format!("store task failed: {e}")))
+        .map_err(|e| PersistenceError(e.to_string()))
 }
 
 #[async_trait]

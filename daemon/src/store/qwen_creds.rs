@@ -94,6 +94,19 @@ impl QwenCredsFile {
         })
     }
 
+    /// At daemon start-up: removes the temp files of writes that a killed qwend left
+    /// beside `oauth_creds.json`, under the lock (see [`Self::remove_held`]). Nothing to do,
+    /// and no lock taken, when Qwen Code's directory does not exist.
+    pub fn sweep_abandoned_temp_files(&self) -> Result<(), StoreError> {
+        if !self.dir.is_dir() {
+            return Ok(());
+        }
+        let guard = self.lock()?;
+        fsutil::sweep_temp_files(&self.path, &*self.clock, -1);
+        guard.release();
+        Ok(())
+    }
+
     /// Lock, write, unlock. Returns the new stamp so a watcher can ignore our own write.
     pub fn write(&self, creds: &Credentials, layout: QwenLayout) -> Result<FileStamp, StoreError> {
         let guard = self.lock()?;
@@ -144,9 +157,13 @@ impl QwenCredsFile {
             .ok_or_else(|| StoreError::io(&f.path, "inspect", io::ErrorKind::NotFound.into()))
     }
 
-    /// Removes the file (a bad one is moved aside) for a caller holding the lock.
+    /// Removes the file (a bad one is moved aside) for a caller holding the lock, and every
+    /// temp file an interrupted write of ours left beside it: they hold refresh tokens, and
+    /// logout promises that nothing does. Our writers write under the lock, so while we
+    /// hold it none of those files belongs to a live write.
     pub fn remove_held(&self) -> Result<Removal, StoreError> {
         let f = self;
+        fsutil::sweep_temp_files(&f.path, &*f.clock, -1);
         match f.read() {
             Ok(None) => Ok(Removal::NotPresent),
             Ok(Some(_)) => match fs::remove_file(&f.path) {
