@@ -15,11 +15,16 @@ mod install;
 pub mod login;
 mod permit;
 mod prompt;
+mod menu;
 mod quota;
+mod session;
 mod token;
 
 pub async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
     let Some(command) = cli.command else {
+        if session::wanted(&cli.prompt) {
+            return session::run(cli.prompt).await;
+        }
         return prompt::run(cli.prompt, cli.json).await;
     };
     match command {
