@@ -82,7 +82,10 @@ fn first_run_picker_then_api_key_then_streamed_answers_with_the_conversation_as_
     let mock = OpenAiMock::start();
     let mut s = pty::spawn(pty_qwen(&env, &[]));
     let mut seen = pty::expect(&mut s, "Choice [1/2]: ");
-    assert!(seen.contains("Qwen OAuth") && seen.contains("API key"), "{seen}");
+    assert!(
+        seen.contains("Qwen OAuth") && seen.contains("API key"),
+        "{seen}"
+    );
     say(&mut s, "2");
     seen += &pty::expect(&mut s, "API key (input hidden): ");
     s.send_line("sk-session-typed").unwrap();
@@ -139,7 +142,10 @@ fn auth_qwen_oauth_with_a_login_present_sends_the_next_message_with_the_oauth_to
     seen += &pty::expect(&mut s, "From OAuth");
     seen += &pty::expect(&mut s, PROMPT);
     seen += &leave(&mut s);
-    no_secrets(&seen, &["sk-env-secret", "at-session-secret", "rt-session-secret"]);
+    no_secrets(
+        &seen,
+        &["sk-env-secret", "at-session-secret", "rt-session-secret"],
+    );
     assert!(
         !seen.contains("by another client"),
         "its own switch is not announced as someone else's: {seen}"
@@ -271,7 +277,10 @@ fn ctrl_c_cancels_the_answer_being_streamed_and_the_session_goes_on() {
     seen += &leave(&mut s);
     assert!(!seen.contains("never"), "{seen}");
     let reqs = mock.requests();
-    assert_eq!(reqs[0].body["messages"][0]["content"], "tell me a long story");
+    assert_eq!(
+        reqs[0].body["messages"][0]["content"],
+        "tell me a long story"
+    );
     // The cancelled exchange is not part of the conversation.
     assert_eq!(
         reqs[1].body["messages"],
@@ -280,7 +289,7 @@ fn ctrl_c_cancels_the_answer_being_streamed_and_the_session_goes_on() {
 }
 
 /// `stty -a` after the session: echo and line editing are back as they were.
-fn restored_after(keys: &str) {
+fn restored_after(keys: &[&str]) {
     let env = TestEnv::new();
     let mut cmd = std::process::Command::new("sh");
     env.apply(&mut cmd);
@@ -292,7 +301,12 @@ fn restored_after(keys: &str) {
         .current_dir(env.root.path());
     let mut s = pty::spawn(cmd);
     pty::expect(&mut s, PROMPT);
-    s.send(keys).unwrap();
+    for k in keys {
+        s.send(k).unwrap();
+        if *k == "\x03" {
+            pty::expect(&mut s, "Ctrl-");
+        }
+    }
     let out = pty::expect(&mut s, "END");
     assert!(out.contains("exit=0"), "{out}");
     let flags: Vec<&str> = out.split_whitespace().collect();
@@ -303,12 +317,12 @@ fn restored_after(keys: &str) {
 
 #[test]
 fn ctrl_d_leaves_with_the_terminal_restored() {
-    restored_after("\x04");
+    restored_after(&["\x04"]);
 }
 
 #[test]
 fn ctrl_c_twice_on_an_empty_line_leaves_with_the_terminal_restored() {
-    restored_after("\x03\x03");
+    restored_after(&["\x03", "\x03"]);
 }
 
 #[test]
@@ -341,7 +355,10 @@ fn history_survives_a_restart_of_the_session_and_is_private() {
     leave(&mut s);
     let reqs = mock.requests();
     assert_eq!(reqs.len(), 2);
-    assert_eq!(reqs[1].body["messages"][0]["content"], "remember this question");
+    assert_eq!(
+        reqs[1].body["messages"][0]["content"],
+        "remember this question"
+    );
 }
 
 #[test]
@@ -361,7 +378,10 @@ fn errors_are_one_line_and_slash_commands_complete_on_tab() {
     let mut seen = pty::expect(&mut s, PROMPT);
     say(&mut s, "hi");
     let err = pty::expect(&mut s, PROMPT);
-    assert!(err.contains("HTTP 500: upstream exploded for [redacted]"), "{err}");
+    assert!(
+        err.contains("HTTP 500: upstream exploded for [redacted]"),
+        "{err}"
+    );
     seen += &err;
     // Tab completes `/sta` to `/status`.
     s.send("/sta\t").unwrap();
@@ -380,4 +400,3 @@ fn errors_are_one_line_and_slash_commands_complete_on_tab() {
     no_secrets(&seen, &["sk-x-secret"]);
     assert_eq!(mock.requests()[1].body["model"], "m-two");
 }
-

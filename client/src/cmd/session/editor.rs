@@ -22,14 +22,20 @@ use crate::error::ClientError;
 
 /// Slash commands and what they take, for completion and `/help`.
 pub const COMMANDS: &[(&str, &str)] = &[
-    ("/auth", "[qwen-oauth|openai]  choose or switch the auth method (every client)"),
+    (
+        "/auth",
+        "[qwen-oauth|openai]  choose or switch the auth method (every client)",
+    ),
     ("/status", "method, model, base URL, login expiry, quota"),
     ("/quota", "requests used and left"),
     ("/model", "[NAME]  show or set the model for this session"),
     ("/env", "the .env that applies here (secrets masked)"),
     ("/clear", "forget the conversation"),
     ("/help", "this list"),
-    ("/quit", "leave (also Ctrl-D, or Ctrl-C twice on an empty line)"),
+    (
+        "/quit",
+        "leave (also Ctrl-D, or Ctrl-C twice on an empty line)",
+    ),
 ];
 
 const AUTH_ARGS: &[&str] = &["qwen-oauth", "openai"];
@@ -38,7 +44,9 @@ const AUTH_ARGS: &[&str] = &["qwen-oauth", "openai"];
 pub enum Read {
     Line(String),
     /// Ctrl-C; `empty`: nothing was typed.
-    Interrupted { empty: bool },
+    Interrupted {
+        empty: bool,
+    },
     Eof,
 }
 
@@ -101,7 +109,8 @@ impl Notices {
 
 impl Editor {
     pub fn new(history: Option<PathBuf>) -> Result<Self, ClientError> {
-        let err = |e: ReadlineError| ClientError::Output(format!("cannot set up the terminal: {e}"));
+        let err =
+            |e: ReadlineError| ClientError::Output(format!("cannot set up the terminal: {e}"));
         let config = rustyline::Config::builder()
             .max_history_size(1000)
             .map_err(err)?
@@ -183,7 +192,9 @@ impl Editor {
                 empty: self.interrupted_empty.load(Ordering::SeqCst),
             }),
             Err(ReadlineError::Eof) => Ok(Read::Eof),
-            Err(e) => Err(ClientError::Output(format!("cannot read the terminal: {e}"))),
+            Err(e) => Err(ClientError::Output(format!(
+                "cannot read the terminal: {e}"
+            ))),
         }
     }
 }
@@ -297,7 +308,10 @@ mod tests {
     #[test]
     fn completes_commands_and_auth_methods() {
         assert_eq!(names(complete("/au")), (0, vec!["/auth".to_string()]));
-        assert_eq!(names(complete("/q")), (0, vec!["/quota".into(), "/quit".into()]));
+        assert_eq!(
+            names(complete("/q")),
+            (0, vec!["/quota".into(), "/quit".into()])
+        );
         assert_eq!(names(complete("/auth o")), (6, vec!["openai".to_string()]));
         assert_eq!(names(complete("hello /au")).1.len(), 0);
         assert_eq!(names(complete("/model x")).1.len(), 0);

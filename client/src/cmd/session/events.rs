@@ -53,8 +53,9 @@ impl Known {
                     )
                 })
             }
-            Kind::LoggedIn(_) => (!s.logging_in)
-                .then(|| "logged in to Qwen OAuth by another client".to_string()),
+            Kind::LoggedIn(_) => {
+                (!s.logging_in).then(|| "logged in to Qwen OAuth by another client".to_string())
+            }
             Kind::LoggedOut(o) => Some(if o.reason.is_empty() {
                 "logged out of Qwen OAuth (/auth to log in again)".into()
             } else {
@@ -108,12 +109,22 @@ mod tests {
         known.set_method(Some(AuthType::Openai));
         assert_eq!(known.describe(switched(AuthType::Openai)), None);
         let line = known.describe(switched(AuthType::QwenOauth)).unwrap();
-        assert!(line.contains("switched to qwen-oauth by another client"), "{line}");
+        assert!(
+            line.contains("switched to qwen-oauth by another client"),
+            "{line}"
+        );
         assert_eq!(known.method(), Some(AuthType::QwenOauth));
         known.logging_in(true);
-        assert_eq!(known.describe(Kind::LoggedIn(LoggedIn { expires_at_ms: 1 })), None);
+        assert_eq!(
+            known.describe(Kind::LoggedIn(LoggedIn { expires_at_ms: 1 })),
+            None
+        );
         known.logging_in(false);
-        assert!(known.describe(Kind::LoggedIn(LoggedIn { expires_at_ms: 1 })).is_some());
+        assert!(
+            known
+                .describe(Kind::LoggedIn(LoggedIn { expires_at_ms: 1 }))
+                .is_some()
+        );
         assert_eq!(
             known.describe(Kind::TokenRefreshed(TokenRefreshed { expires_at_ms: 1 })),
             None

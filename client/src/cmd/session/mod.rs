@@ -32,8 +32,7 @@ const MAX_RATE_LIMITED: u32 = 5;
 
 /// A session is what the person asked for: `-i`, or no prompt at all on a terminal.
 pub fn wanted(args: &PromptArgs) -> bool {
-    args.interactive.is_some()
-        || (args.prompt.is_none() && args.words.is_empty() && on_terminal())
+    args.interactive.is_some() || (args.prompt.is_none() && args.words.is_empty() && on_terminal())
 }
 
 fn on_terminal() -> bool {
@@ -48,12 +47,15 @@ pub async fn run(args: PromptArgs) -> Result<ExitCode, ClientError> {
         ));
     }
     let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let editor = Editor::new(editor::history_path())?;
     // Installs the SIGINT handler for the process: from now on Ctrl-C outside the line
     // editor cancels what runs (an answer, a quota wait) instead of killing the session.
-    drop(signal(SignalKind::interrupt()).map_err(|e| {
-        ClientError::Output(format!("cannot handle Ctrl-C: {e}"))
-    })?);
-    let editor = Editor::new(editor::history_path())?;
+    // After the editor, which sets a SIGINT handler of its own when created (it needs
+    // none: it reads Ctrl-C as a key in raw mode).
+    drop(
+        signal(SignalKind::interrupt())
+            .map_err(|e| ClientError::Output(format!("cannot handle Ctrl-C: {e}")))?,
+    );
     let mut s = Session {
         ctx: super::env::context()?,
         http: chat::client().map_err(|e| ClientError::Upstream(e.to_string()))?,
@@ -178,8 +180,7 @@ impl Session {
 
     /// Nothing configured: Qwen Code's first-run choice, inside the session.
     async fn first_run(&mut self) {
-        match super::credentials::fetch(&self.channel, &self.ctx, self.model.as_deref(), None)
-            .await
+        match super::credentials::fetch(&self.channel, &self.ctx, self.model.as_deref(), None).await
         {
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 eprintln!("qwen: {}", one_line(s.message()));
@@ -350,7 +351,9 @@ impl Session {
                 }
             },
             a => super::menu::parse(a).ok_or_else(|| {
-                ClientError::Usage(format!("no such method {a:?}: /auth qwen-oauth or /auth openai"))
+                ClientError::Usage(format!(
+                    "no such method {a:?}: /auth qwen-oauth or /auth openai"
+                ))
             })?,
         };
         self.switch(method, true).await;
@@ -385,7 +388,9 @@ impl Session {
                 );
                 if method == Method::Openai
                     && offer_fix
-                    && self.yes("Enter an API key now (saved in ~/.qwen/.env)? [Y/n] ").await
+                    && self
+                        .yes("Enter an API key now (saved in ~/.qwen/.env)? [Y/n] ")
+                        .await
                 {
                     self.set_up(Some(Method::Openai)).await;
                 }
@@ -489,7 +494,10 @@ impl Session {
         }
     }
 
-    async fn credentials(&mut self, rejected: Option<String>) -> Result<CredentialsReply, ClientError> {
+    async fn credentials(
+        &mut self,
+        rejected: Option<String>,
+    ) -> Result<CredentialsReply, ClientError> {
         let model = self.model.clone();
         let fetch = |ch: Channel, ctx: ClientContext, rejected: Option<String>| {
             let model = model.clone();
@@ -549,7 +557,8 @@ impl Session {
                         "{err}; the credentials were refused twice ({})",
                         match creds.auth_type() {
                             AuthType::QwenOauth => "log in again: /auth qwen-oauth",
-                            _ => "check OPENAI_API_KEY and OPENAI_BASE_URL (/env shows where they come from)",
+                            _ =>
+                                "check OPENAI_API_KEY and OPENAI_BASE_URL (/env shows where they come from)",
                         }
                     )));
                 }
@@ -568,7 +577,9 @@ impl Session {
 }
 
 fn help() {
-    println!("Type a message and press Enter; end a line with \\ (or press Alt-Enter) to go on on the next line.");
+    println!(
+        "Type a message and press Enter; end a line with \\ (or press Alt-Enter) to go on on the next line."
+    );
     for (c, what) in editor::COMMANDS {
         println!("  {c:<8} {what}");
     }
