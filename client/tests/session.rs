@@ -400,3 +400,59 @@ fn errors_are_one_line_and_slash_commands_complete_on_tab() {
     no_secrets(&seen, &["sk-x-secret"]);
     assert_eq!(mock.requests()[1].body["model"], "m-two");
 }
+
+#[test]
+fn first_run_oauth_login_in_the_session_can_be_cancelled_back_to_the_picker() {
+    use common::oauth_mock::{DEVICE_PATH, Reply as IdpReply, TOKEN_PATH};
+    let s = oauth_setup(&[("QWEND_OAUTH_TIME_UNIT_MS", "10")]);
+    let api = OpenAiMock::start();
+    s.mock.push(DEVICE_PATH, IdpReply::device_code(60_000, Some(1)));
+    s.mock.push(DEVICE_PATH, IdpReply::device_code(60_000, Some(1)));
+    s.mock.set_default(TOKEN_PATH, IdpReply::pending());
+    let mut p = pty::spawn(pty_qwen(&s.env, &[]));
+    let mut seen = pty::expect(&mut p, "Choice [1/2]: ");
+    say(&mut p, "1");
+    seen += &pty::expect(&mut p, "ABCD-EFGH");
+    p.send("\x03").unwrap();
+    seen += &pty::expect(&mut p, "login cancelled");
+    seen += &pty::expect(&mut p, "Choice [1/2]: ");
+    s.mock.set_default(
+        TOKEN_PATH,
+        IdpReply::json(
+            200,
+            serde_json::json!({
+                "access_token": "at-picked-secret", "refresh_token": "rt-picked-secret",
+                "token_type": "Bearer", "expires_in": 3600, "resource_url": api.base_url(),
+            }),
+        ),
+    );
+    say(&mut p, "1");
+    seen += &pty::expect(&mut p, "logged in to Qwen OAuth");
+    seen += &pty::expect(&mut p, "qwen-oauth · model coder-model");
+    seen += &pty::expect(&mut p, PROMPT);
+    say(&mut p, "hi");
+    seen += &pty::expect(&mut p, "Hello, world!");
+    seen += &pty::expect(&mut p, PROMPT);
+    seen += &leave(&mut p);
+    no_secrets(&seen, &["at-picked-secret", "rt-picked-secret"]);
+    assert!(!seen.contains("by another client"), "{seen}");
+    assert_eq!(api.requests()[0].bearer(), Some("at-picked-secret"));
+}
+
+#[test]
+fn a_logout_made_elsewhere_is_announced_and_the_next_message_says_what_to_do() {
+    let env = TestEnv::new();
+    let api = OpenAiMock::start();
+    oauth_login(&env, &api, "qwen-oauth");
+    let mut s = pty::spawn(pty_qwen(&env, &[]));
+    let mut seen = pty::expect(&mut s, PROMPT);
+    let out = env.qwen(&["auth", "logout"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    seen += &pty::expect(&mut s, "logged out of Qwen OAuth");
+    say(&mut s, "hi");
+    seen += &pty::expect(&mut s, "/auth to set up");
+    seen += &pty::expect(&mut s, PROMPT);
+    seen += &leave(&mut s);
+    no_secrets(&seen, &["at-session-secret", "rt-session-secret"]);
+    assert!(api.requests().is_empty());
+}
