@@ -209,7 +209,11 @@ fn main() {
         enter_to_first_byte(&env),
         "",
     );
-    let baseline = row("the same request straight to the mock", direct(mock.port), "");
+    let baseline = row(
+        "the same request straight to the mock",
+        direct(mock.port),
+        "",
+    );
     println!(
         "\nThe session's own overhead per message (p50): {:.2} ms (target < 5 ms).",
         ms(session.saturating_sub(baseline))

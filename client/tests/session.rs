@@ -406,8 +406,10 @@ fn first_run_oauth_login_in_the_session_can_be_cancelled_back_to_the_picker() {
     use common::oauth_mock::{DEVICE_PATH, Reply as IdpReply, TOKEN_PATH};
     let s = oauth_setup(&[("QWEND_OAUTH_TIME_UNIT_MS", "10")]);
     let api = OpenAiMock::start();
-    s.mock.push(DEVICE_PATH, IdpReply::device_code(60_000, Some(1)));
-    s.mock.push(DEVICE_PATH, IdpReply::device_code(60_000, Some(1)));
+    s.mock
+        .push(DEVICE_PATH, IdpReply::device_code(60_000, Some(1)));
+    s.mock
+        .push(DEVICE_PATH, IdpReply::device_code(60_000, Some(1)));
     s.mock.set_default(TOKEN_PATH, IdpReply::pending());
     let mut p = pty::spawn(pty_qwen(&s.env, &[]));
     let mut seen = pty::expect(&mut p, "Choice [1/2]: ");

@@ -277,13 +277,25 @@ impl Session {
             .clone()
             .or(st.model.clone())
             .unwrap_or_else(|| "?".into());
-        let quota = super::quota::fetch()
+        let quota = self
+            .quota()
             .await
-            .ok()
             .map(|q| format!(" · {}", quota_left(&q)))
             .unwrap_or_default();
         println!("qwen — {method} · model {model}{quota}");
         println!("Ask anything. /help lists commands; Ctrl-D leaves.");
+    }
+
+    /// The quota of the account in use, on the session's connection.
+    async fn quota(&self) -> Option<qwend_shared::api::QuotaStatus> {
+        let req = qwend_shared::api::GetQuotaRequest {
+            client: Some(self.ctx.clone()),
+        };
+        qwend_shared::api::quota_client::QuotaClient::new(self.channel.clone())
+            .get_quota(req)
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
     }
 
     async fn command(&mut self, line: &str) -> Flow {
@@ -448,7 +460,7 @@ impl Session {
         if let Some(b) = &st.base_url {
             println!("base URL   {b}");
         }
-        if let Ok(q) = super::quota::fetch().await {
+        if let Some(q) = self.quota().await {
             println!("quota      {}", quota_left(&q));
         }
         for w in &st.warnings {
