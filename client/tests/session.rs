@@ -458,3 +458,23 @@ fn a_logout_made_elsewhere_is_announced_and_the_next_message_says_what_to_do() {
     no_secrets(&seen, &["at-session-secret", "rt-session-secret"]);
     assert!(api.requests().is_empty());
 }
+
+#[test]
+fn a_daemon_that_stops_is_announced_and_started_again_by_the_next_message() {
+    let env = TestEnv::new();
+    let mock = OpenAiMock::start();
+    let mut cmd = pty_qwen(&env, &[]);
+    cmd.env("OPENAI_API_KEY", "sk-x")
+        .env("OPENAI_BASE_URL", mock.base_url());
+    let mut s = pty::spawn(cmd);
+    pty::expect(&mut s, PROMPT);
+    let first = env.daemon_pid();
+    let out = env.qwen(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    pty::expect(&mut s, "the daemon is stopping");
+    say(&mut s, "hi");
+    pty::expect(&mut s, "Hello, world!");
+    pty::expect(&mut s, PROMPT);
+    leave(&mut s);
+    assert_ne!(env.daemon_pid(), first);
+}
