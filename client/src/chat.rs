@@ -12,7 +12,38 @@ pub struct ChatRequest<'a> {
     pub base_url: &'a str,
     pub token: &'a str,
     pub model: &'a str,
-    pub prompt: &'a str,
+    /// The conversation so far, the newest user message last.
+    pub messages: &'a [Message],
+}
+
+/// One turn of a conversation, as the API takes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+impl Message {
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
 }
 
 /// The assembled answer.
@@ -78,7 +109,7 @@ pub async fn send(
     let url = endpoint(req.base_url);
     let body = json!({
         "model": req.model,
-        "messages": [{"role": "user", "content": req.prompt}],
+        "messages": req.messages,
         "stream": true,
         "stream_options": {"include_usage": true},
     });
@@ -289,6 +320,15 @@ mod tests {
         assert_eq!(c.as_deref(), Some("insufficient_quota"));
         let (m, c) = error_detail("\n  upstream crashed\nstack...");
         assert_eq!((m.as_str(), c), ("upstream crashed", None));
+    }
+
+    #[test]
+    fn messages_serialise_as_the_api_takes_them() {
+        let m = [Message::user("hi"), Message::assistant("hello")];
+        assert_eq!(
+            serde_json::to_value(m).unwrap(),
+            json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+        );
     }
 
     #[test]

@@ -28,6 +28,15 @@ pub struct PromptArgs {
     /// The prompt to send (else the remaining arguments, else stdin when it is not a terminal).
     #[arg(short = 'p', long = "prompt", value_name = "PROMPT")]
     pub prompt: Option<String>,
+    /// Open an interactive chat session whose first message is PROMPT (`qwen` alone on a
+    /// terminal opens one with no first message).
+    #[arg(
+        short = 'i',
+        long = "interactive",
+        value_name = "PROMPT",
+        conflicts_with = "prompt"
+    )]
+    pub interactive: Option<String>,
     /// Model to request instead of the one configured for the auth method.
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,

@@ -108,22 +108,34 @@ fn first_run_choosing_qwen_oauth_logs_in_and_goes_on_with_the_prompt() {
     assert_eq!(api.requests()[0].body["model"], "coder-model");
 }
 
+/// Bare `qwen` on a terminal opens the session (tests/session.rs); the setup is offered
+/// only when nothing is configured, asked again after a wrong answer, and can be put off.
 #[test]
 fn bare_qwen_on_a_terminal_offers_the_setup_only_when_nothing_is_configured() {
     let env = TestEnv::new();
     let mut s = pty::spawn(pty_qwen(&env, &[]));
     pty::expect(&mut s, "Choice [1/2]: ");
-    s.send_line("3").unwrap();
-    let rest = pty::rest(&mut s);
-    assert!(rest.contains("no such choice"), "{rest}");
-    assert_eq!(pty::exit_code(&s), 2);
+    s.send("3\r").unwrap();
+    let seen = pty::expect(&mut s, "Choice [1/2]: ");
+    assert!(seen.contains("no such choice"), "{seen}");
+    s.send("\x04").unwrap();
+    pty::expect(&mut s, "not set up; type /auth when you are ready");
+    pty::expect(&mut s, "qwen> ");
+    s.send("\x04").unwrap();
+    pty::rest(&mut s);
+    assert_eq!(pty::exit_code(&s), 0);
 
     let mut cmd = pty_qwen(&env, &[]);
     cmd.env("OPENAI_API_KEY", "sk-x");
     let mut s = pty::spawn(cmd);
-    let out = pty::rest(&mut s);
-    assert!(out.contains("Usage:") && !out.contains("Choice"), "{out}");
-    assert_eq!(pty::exit_code(&s), 2);
+    let seen = pty::expect(&mut s, "qwen> ");
+    assert!(
+        seen.contains("openai") && !seen.contains("Choice"),
+        "{seen}"
+    );
+    s.send("\x04").unwrap();
+    pty::rest(&mut s);
+    assert_eq!(pty::exit_code(&s), 0);
 }
 
 /// The spinner shows while the model has not answered yet; coloured unless `NO_COLOR`.

@@ -1,5 +1,5 @@
 //! `qwen auth status|switch|logout`.
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use qwend_shared::api::auth_client::AuthClient;
@@ -115,28 +115,8 @@ fn pick() -> Result<Method, ClientError> {
             "name the method: qwen auth switch qwen-oauth|openai".into(),
         ));
     }
-    let mut out = std::io::stderr();
-    let _ = writeln!(out, "Choose how to authenticate:");
-    let _ = writeln!(
-        out,
-        "  1) Qwen OAuth (log in at qwen.ai; free: 60 requests/min, 2,000/day)"
-    );
-    let _ = writeln!(
-        out,
-        "  2) OpenAI-compatible API key (OPENAI_API_KEY, optional OPENAI_BASE_URL, OPENAI_MODEL)"
-    );
-    let _ = write!(out, "> ");
-    let _ = out.flush();
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
-    match line.trim() {
-        "1" | "qwen-oauth" => Ok(Method::QwenOauth),
-        "2" | "openai" => Ok(Method::Openai),
-        other => Err(ClientError::Usage(format!("no such choice: {other:?}"))),
-    }
+    super::menu::pick(super::menu::read_line)?
+        .ok_or_else(|| ClientError::Usage("no answer (end of input)".into()))
 }
 
 fn type_name(t: AuthType) -> Option<&'static str> {

@@ -1,7 +1,7 @@
 //! First run on a terminal with nothing configured: Qwen Code's `/auth` choice. Qwen OAuth
 //! goes to the device login; an API key is asked for (hidden), saved in `~/.qwen/.env`
 //! (0600, other lines kept) and the method switched to openai for every client.
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,21 +9,24 @@ use qwend_shared::api::auth_client::AuthClient;
 use qwend_shared::api::{AuthType, ClientContext, SwitchAuthRequest};
 use tonic::transport::Channel;
 
+use crate::cli::Method;
 use crate::error::ClientError;
 
 pub async fn choose(channel: &Channel, ctx: &ClientContext) -> Result<(), ClientError> {
-    let mut err = std::io::stderr();
-    let _ = writeln!(err, "How do you want to authenticate?");
-    let _ = writeln!(
-        err,
-        "  1) Qwen OAuth (log in at qwen.ai in a browser; free: 60 requests/min, 2,000/day)"
-    );
-    let _ = writeln!(
-        err,
-        "  2) OpenAI-compatible API key (OpenAI, DashScope, ModelScope, OpenRouter, ...)"
-    );
-    match ask("Choice [1/2]: ")?.as_str() {
-        "1" | "qwen-oauth" => {
+    let method = super::menu::pick(super::menu::read_line)?
+        .ok_or_else(|| ClientError::Usage("no answer (end of input)".into()))?;
+    set_up(channel, ctx, method).await
+}
+
+/// Make `method` work: the device login for Qwen OAuth (a cancelled login is
+/// `Exit(130)`), the key prompt for openai.
+pub async fn set_up(
+    channel: &Channel,
+    ctx: &ClientContext,
+    method: Method,
+) -> Result<(), ClientError> {
+    match method {
+        Method::QwenOauth => {
             let args = super::login::LoginArgs::default();
             let code = super::login::run(channel.clone(), args, false).await?;
             if code != ExitCode::SUCCESS {
@@ -31,27 +34,18 @@ pub async fn choose(channel: &Channel, ctx: &ClientContext) -> Result<(), Client
             }
             Ok(())
         }
-        "2" | "openai" => api_key(channel, ctx).await,
-        other => Err(ClientError::Usage(format!("no such choice: {other:?}"))),
+        Method::Openai => api_key(channel, ctx).await,
     }
 }
 
 fn ask(question: &str) -> Result<String, ClientError> {
-    let mut err = std::io::stderr();
-    let _ = write!(err, "{question}");
-    let _ = err.flush();
-    let mut line = String::new();
-    let n = std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| ClientError::Usage(format!("cannot read the answer: {e}")))?;
-    if n == 0 {
-        return Err(ClientError::Usage("no answer (end of input)".into()));
-    }
-    Ok(line.trim().to_string())
+    super::menu::read_line(question)?
+        .ok_or_else(|| ClientError::Usage("no answer (end of input)".into()))
 }
 
-async fn api_key(channel: &Channel, ctx: &ClientContext) -> Result<(), ClientError> {
+/// Ask for a key (hidden), base URL and model; save them in `~/.qwen/.env` and switch to
+/// openai.
+pub async fn api_key(channel: &Channel, ctx: &ClientContext) -> Result<(), ClientError> {
     let key = {
         // Echo goes off before the prompt appears: rpassword prints first and configures
         // the terminal after, so a fast typist (or paste) could see the key echoed.

@@ -13,13 +13,18 @@ mod exec;
 mod first_run;
 mod install;
 pub mod login;
+mod menu;
 mod permit;
 mod prompt;
 mod quota;
+mod session;
 mod token;
 
 pub async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
     let Some(command) = cli.command else {
+        if session::wanted(&cli.prompt) {
+            return session::run(cli.prompt).await;
+        }
         return prompt::run(cli.prompt, cli.json).await;
     };
     match command {

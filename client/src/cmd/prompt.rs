@@ -36,13 +36,14 @@ pub async fn run(args: PromptArgs, as_json: bool) -> Result<ExitCode, ClientErro
     let http = chat::client().map_err(|e| ClientError::Upstream(e.to_string()))?;
     let mut retried_401 = false;
     let mut rate_limited = 0;
+    let messages = [chat::Message::user(prompt)];
     loop {
         super::permit::acquire(&channel, &ctx, args.no_wait).await?;
         let req = ChatRequest {
             base_url: &creds.base_url,
             token: &creds.token,
             model: &creds.model,
-            prompt: &prompt,
+            messages: &messages,
         };
         let mut out = Output::new(as_json, &creds.model);
         let result = chat::send(&http, &req, |t| out.token(t)).await;
@@ -308,7 +309,7 @@ async fn no_prompt() -> Result<ExitCode, ClientError> {
     }
 }
 
-async fn report(
+pub(super) async fn report(
     channel: &Channel,
     ctx: &ClientContext,
     result: &Result<chat::Completion, ChatError>,
@@ -350,7 +351,7 @@ fn type_name(t: AuthType) -> Option<&'static str> {
 
 /// Where tokens go: stdout as they arrive (text), or nowhere until the end (JSON). A
 /// spinner on a terminal until the first token.
-struct Output {
+pub(super) struct Output {
     json: bool,
     spinner: Option<indicatif::ProgressBar>,
     stdout: std::io::Stdout,
@@ -359,7 +360,7 @@ struct Output {
 }
 
 impl Output {
-    fn new(json: bool, model: &str) -> Self {
+    pub(super) fn new(json: bool, model: &str) -> Self {
         Self {
             json,
             spinner: term::spinner(format!("waiting for {model}")),
@@ -369,7 +370,7 @@ impl Output {
         }
     }
 
-    fn token(&mut self, t: &str) {
+    pub(super) fn token(&mut self, t: &str) {
         if self.json {
             return;
         }
@@ -386,7 +387,7 @@ impl Output {
     }
 
     /// Finish the line, so a shell prompt or an error starts on its own.
-    fn end(&mut self) {
+    pub(super) fn end(&mut self) {
         if let Some(s) = self.spinner.take() {
             s.finish_and_clear();
         }
@@ -398,7 +399,7 @@ impl Output {
         }
     }
 
-    fn check(&mut self) -> Result<(), ClientError> {
+    pub(super) fn check(&mut self) -> Result<(), ClientError> {
         match self.error.take() {
             Some(e) => Err(ClientError::Output(e.to_string())),
             None => Ok(()),
