@@ -151,11 +151,13 @@ fn status_json(st: &AuthStatus, quota: Option<serde_json::Value>) -> serde_json:
 
 async fn print_status(st: &AuthStatus, as_json: bool) -> Result<(), ClientError> {
     let quota = super::quota::fetch().await.ok();
+    let proxy = super::proxy::fetch_status().await;
     if as_json {
-        println!(
-            "{}",
-            status_json(st, quota.as_ref().map(super::quota::to_json))
-        );
+        let mut v = status_json(st, quota.as_ref().map(super::quota::to_json));
+        if let Some(p) = &proxy {
+            v["proxy"] = super::proxy::to_json(p);
+        }
+        println!("{v}");
         return Ok(());
     }
     match type_name(st.auth_type()) {
@@ -190,6 +192,9 @@ async fn print_status(st: &AuthStatus, as_json: bool) -> Result<(), ClientError>
                 for line in super::quota::human(q).lines().skip(1) {
                     println!("quota      {}", line.trim_start());
                 }
+            }
+            if let Some(p) = &proxy {
+                println!("proxy      {}", super::proxy::human(p));
             }
         }
     }

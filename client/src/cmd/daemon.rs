@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use qwend_shared::api::daemon_client::DaemonClient;
-use qwend_shared::api::{ShutdownRequest, StatusRequest, StatusResponse};
+use qwend_shared::api::{ProxyStatus, ShutdownRequest, StatusRequest, StatusResponse};
 use qwend_shared::{paths, transport};
 use serde_json::json;
 
@@ -19,11 +19,12 @@ pub async fn run(action: DaemonAction, as_json: bool) -> Result<ExitCode, Client
     match action {
         DaemonAction::Status | DaemonAction::Start => {
             let channel = connect::ensure(&socket).await?;
-            let status = DaemonClient::new(channel)
+            let status = DaemonClient::new(channel.clone())
                 .status(StatusRequest {})
                 .await?
                 .into_inner();
-            print_status(&status, as_json);
+            let proxy = super::proxy::status(&channel).await;
+            print_status(&status, proxy.as_ref(), as_json);
         }
         DaemonAction::Install { kind, print } => {
             return super::install::install(kind.kind(), print);
@@ -54,25 +55,29 @@ pub async fn run(action: DaemonAction, as_json: bool) -> Result<ExitCode, Client
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(s: &StatusResponse, as_json: bool) {
+fn print_status(s: &StatusResponse, proxy: Option<&ProxyStatus>, as_json: bool) {
     if as_json {
-        println!(
-            "{}",
-            json!({
-                "running": true,
-                "pid": s.pid,
-                "version": s.version,
-                "protocol_version": s.protocol_version,
-                "socket": s.socket,
-                "uptime_s": s.uptime_s,
-            })
-        );
+        let mut v = json!({
+            "running": true,
+            "pid": s.pid,
+            "version": s.version,
+            "protocol_version": s.protocol_version,
+            "socket": s.socket,
+            "uptime_s": s.uptime_s,
+        });
+        if let Some(p) = proxy {
+            v["proxy"] = super::proxy::to_json(p);
+        }
+        println!("{v}");
     } else {
         println!("qwend {} is running", s.version);
         println!("  pid       {}", s.pid);
         println!("  socket    {}", s.socket);
         println!("  uptime    {}", human_duration(s.uptime_s));
         println!("  protocol  {}", s.protocol_version);
+        if let Some(p) = proxy {
+            println!("  proxy     {}", super::proxy::human(p));
+        }
     }
 }
 

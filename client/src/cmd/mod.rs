@@ -15,6 +15,7 @@ mod install;
 pub mod login;
 mod permit;
 mod prompt;
+mod proxy;
 mod quota;
 mod token;
 

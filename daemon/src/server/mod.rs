@@ -3,6 +3,7 @@ mod auth;
 mod daemon;
 mod env;
 mod events;
+mod proxy;
 mod quota;
 
 use self::auth::AuthService;
@@ -78,6 +79,8 @@ pub async fn serve(
         state.hub.clone(),
     );
     let events = EventsService::new(state.hub.clone());
+    let (proxy, stop) = proxy::service(&state, stop);
+    health_reporter.set_serving::<proxy::Server>().await;
     let incoming = UnixListenerStream::new(listener).map(move |s| s.map(|s| connections.track(s)));
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
@@ -89,6 +92,7 @@ pub async fn serve(
         .add_service(AuthServer::new(auth))
         .add_service(QuotaServer::new(quota))
         .add_service(EventsServer::new(events))
+        .add_service(proxy)
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
     Ok(())
