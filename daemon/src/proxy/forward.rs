@@ -315,7 +315,15 @@ async fn serve(proxy: &Proxy, req: Request<Incoming>) -> Result<Response<ProxyBo
     let mut retried = false;
     let upstream = loop {
         let url = format!("{}{rest}{query}", ready.base_url.trim_end_matches('/'));
-        let resp = send(http, &parts.method, &url, &headers, &ready.token, body.clone()).await?;
+        let resp = send(
+            http,
+            &parts.method,
+            &url,
+            &headers,
+            &ready.token,
+            body.clone(),
+        )
+        .await?;
         // A 401 from Qwen OAuth: the token expired or was revoked early. One refresh
         // through the single flight (many tools seeing the same 401 cause one refresh),
         // one retry; the tool never sees the first answer.
@@ -478,9 +486,15 @@ mod tests {
     #[test]
     fn logged_headers_leave_credentials_out() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cret"),
+        );
         h.insert("x-api-key", HeaderValue::from_static("s3cret"));
-        h.insert(header::USER_AGENT, HeaderValue::from_static("OpenAI/Python"));
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("OpenAI/Python"),
+        );
         let shown = format!("{:?}", Redacted(&h));
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("OpenAI/Python"));

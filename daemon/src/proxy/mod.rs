@@ -126,7 +126,10 @@ impl ProxyConfig {
             Some(n) => c.max_inflight = usize::try_from(n).unwrap_or(usize::MAX),
             None => {}
         }
-        match num(ENV_UPSTREAM_IDLE_MS, "expected a positive number of milliseconds")? {
+        match num(
+            ENV_UPSTREAM_IDLE_MS,
+            "expected a positive number of milliseconds",
+        )? {
             Some(0) => {
                 return Err(ConfigError {
                     var: ENV_UPSTREAM_IDLE_MS,

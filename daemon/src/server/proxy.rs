@@ -113,5 +113,8 @@ pub fn service<F: std::future::Future<Output = ()>>(
         stop.await;
         cancel.cancel();
     };
-    (api::proxy_server::ProxyServer::new(ProxyService::new(proxy)), stop)
+    (
+        api::proxy_server::ProxyServer::new(ProxyService::new(proxy)),
+        stop,
+    )
 }
