@@ -133,6 +133,7 @@ fn main() {
             // The bench measures the proxy, not the free tier's 60 a minute.
             .env("QWEND_QUOTA_PER_MINUTE", "100000000")
             .env("QWEND_QUOTA_PER_DAY", "100000000")
+            .env("QWEND_PROXY_MAX_CONCURRENT", "1024")
             .current_dir(&home)
             .args(args);
         c

@@ -11,8 +11,10 @@ use std::time::Duration;
 use common::oauth_mock::{MockServer, Reply as OAuthReply};
 use common::openai_mock::{OpenAiMock, Reply};
 use common::*;
+use qwend_shared::api::event::Kind;
+use qwend_shared::api::events_client::EventsClient;
 use qwend_shared::api::proxy_client::ProxyClient;
-use qwend_shared::api::{ProxyStatus, ProxyStatusRequest};
+use qwend_shared::api::{ProxyStatus, ProxyStatusRequest, WatchRequest};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -350,7 +352,7 @@ async fn the_listener_is_bound_to_loopback_only_and_shown_in_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_answer_arrives_in_pieces_as_the_api_sends_them() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_var("QWEND_PROXY_MAX_CONCURRENT", "1");
     let mock = OpenAiMock::start();
     qwen_oauth(&env, TOKEN, &mock);
     let exec = Exec::open(&env, &[], &env.home);
@@ -381,6 +383,16 @@ async fn a_streamed_answer_arrives_in_pieces_as_the_api_sends_them() {
         reads += 1;
     }
     assert!(!seen.contains("late"));
+    // The open stream still counts against the secret's concurrency bound.
+    let second = post(
+        &exec.base_url,
+        Some(&exec.key),
+        "/chat/completions",
+        chat_body(),
+    )
+    .await;
+    assert_eq!(second.status(), 429);
+    assert_eq!(error_code(second).await, "rate_limit_exceeded");
     mock.release();
     while let Some(chunk) = resp.chunk().await.unwrap() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
@@ -402,6 +414,12 @@ async fn quota_counts_every_proxied_request_and_refuses_beyond_the_limit() {
     let mock = OpenAiMock::start();
     qwen_oauth(&env, TOKEN, &mock);
     let exec = Exec::open(&env, &[], &env.home);
+    let ch = qwend_shared::transport::connect(&env.socket).await.unwrap();
+    let mut events = EventsClient::new(ch)
+        .watch(WatchRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     for i in 0..3 {
         let resp = post(
             &exec.base_url,
@@ -436,6 +454,19 @@ async fn quota_counts_every_proxied_request_and_refuses_beyond_the_limit() {
     let q: Value = serde_json::from_slice(&env.qwen(&["quota", "--json"]).stdout).unwrap();
     assert_eq!(q["minute"]["used"], 3);
     assert_eq!(proxy_status(&env, None).await.requests, 3);
+    // Plugins watching events see the proxied requests too.
+    let mut used = Vec::new();
+    while used.last() != Some(&3) {
+        let ev = tokio::time::timeout(HANG, events.message())
+            .await
+            .expect("no QuotaChanged for a proxied request")
+            .unwrap()
+            .unwrap();
+        if let Some(Kind::QuotaChanged(q)) = ev.kind {
+            used.push(q.minute_used);
+        }
+    }
+    assert_eq!(used, [1, 2, 3]);
     exec.close();
 }
 

@@ -228,9 +228,10 @@ async fn serve(proxy: &Proxy, req: Request<Incoming>) -> Result<Response<ProxyBo
         Some(r) if r.is_empty() || r.starts_with('/') => r.to_string(),
         _ => return Err(Reject::NotFound),
     };
-    let _inflight = session
+    let inflight = session
         .inflight
-        .try_acquire()
+        .clone()
+        .try_acquire_owned()
         .map_err(|_| Reject::TooManyInFlight)?;
     let config = &proxy.config;
 
@@ -348,7 +349,15 @@ async fn serve(proxy: &Proxy, req: Request<Incoming>) -> Result<Response<ProxyBo
         }
         break resp;
     };
-    respond(proxy, &account, upstream).await
+    let resp = respond(proxy, &account, upstream).await?;
+    // The request counts as in flight until its body has been sent (or dropped).
+    Ok(resp.map(|body| {
+        body.map_frame(move |frame| {
+            let _held = &inflight;
+            frame
+        })
+        .boxed()
+    }))
 }
 
 async fn send(

@@ -123,7 +123,8 @@ impl ProxyConfig {
                     why: "expected a positive number of requests",
                 });
             }
-            Some(n) => c.max_inflight = usize::try_from(n).unwrap_or(usize::MAX),
+            // Beyond a million the bound means nothing (and the semaphore has a ceiling).
+            Some(n) => c.max_inflight = usize::try_from(n.min(1 << 20)).unwrap_or(1 << 20),
             None => {}
         }
         match num(

@@ -22,8 +22,8 @@ pub struct Session {
     pub id: u64,
     /// The caller that opened the session (cwd and environment decide method and key).
     pub ctx: ClientCtx,
-    /// Requests in flight with this secret.
-    pub inflight: Semaphore,
+    /// Requests in flight with this secret (a permit lives until the response body ends).
+    pub inflight: Arc<Semaphore>,
 }
 
 /// Without the environment: it may hold an API key.
@@ -98,7 +98,7 @@ impl Secrets {
         let session = Arc::new(Session {
             id,
             ctx,
-            inflight: Semaphore::new(max_inflight),
+            inflight: Arc::new(Semaphore::new(max_inflight)),
         });
         {
             let mut live = self.lock();

@@ -31,7 +31,8 @@ impl ProxyService {
 fn proxy_status(e: ProxyError) -> Status {
     match e {
         ProxyError::Auth(e) => to_status(e),
-        ProxyError::Config(e) => Status::failed_precondition(e.to_string()),
+        // Not FAILED_PRECONDITION: clients read that as "authentication needed".
+        ProxyError::Config(e) => Status::internal(e.to_string()),
         e @ (ProxyError::Listen { .. } | ProxyError::Secret(_)) => {
             Status::unavailable(e.to_string())
         }
