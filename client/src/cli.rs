@@ -58,6 +58,12 @@ pub struct ExecArgs {
     /// may always set them.
     #[arg(long)]
     pub allow_unsafe_env: bool,
+    /// Give CMD the real token instead of a proxy secret (the default for Qwen OAuth is the daemon's loopback proxy).
+    #[arg(long, conflicts_with = "proxy")]
+    pub direct: bool,
+    /// Send CMD's requests through the daemon's loopback proxy with a per-run secret (the default for Qwen OAuth; opt-in for an API key).
+    #[arg(long)]
+    pub proxy: bool,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,

@@ -192,7 +192,7 @@ fn the_users_own_env_file_is_trusted() {
 }
 
 #[test]
-fn with_qwen_oauth_the_child_gets_the_access_token_and_the_portal_base() {
+fn with_qwen_oauth_and_direct_the_child_gets_the_access_token_and_the_portal_base() {
     let env = TestEnv::new();
     let dir = env.home.join(".qwen");
     std::fs::create_dir_all(&dir).unwrap();
@@ -211,7 +211,7 @@ fn with_qwen_oauth_the_child_gets_the_access_token_and_the_portal_base() {
     )
     .unwrap();
     let out = env
-        .qwen_cmd(&["exec", "--", "env"])
+        .qwen_cmd(&["exec", "--direct", "--", "env"])
         .current_dir(&env.home)
         // The daemon's login wins over a stale key in the environment.
         .env("OPENAI_API_KEY", "sk-stale")

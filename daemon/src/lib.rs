@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod login;
 pub mod oauth;
+pub mod proxy;
 pub mod quota;
 pub mod qwen_settings;
 pub mod server;

@@ -176,11 +176,13 @@ async fn print_status(st: &AuthStatus, as_json: bool) -> Result<(), ClientError>
     st.warnings
         .extend(quota.iter().flat_map(|q| q.warnings.iter().cloned()));
     let st = &st;
+    let proxy = super::proxy::fetch_status().await;
     if as_json {
-        println!(
-            "{}",
-            status_json(st, quota.as_ref().map(super::quota::to_json))
-        );
+        let mut v = status_json(st, quota.as_ref().map(super::quota::to_json));
+        if let Some(p) = &proxy {
+            v["proxy"] = super::proxy::to_json(p);
+        }
+        println!("{v}");
         return Ok(());
     }
     match type_name(st.auth_type()) {
@@ -215,6 +217,9 @@ async fn print_status(st: &AuthStatus, as_json: bool) -> Result<(), ClientError>
                 for line in super::quota::human(q).lines().skip(1) {
                     println!("quota      {}", line.trim_start());
                 }
+            }
+            if let Some(p) = &proxy {
+                println!("proxy      {}", super::proxy::human(p));
             }
         }
     }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use qwend_shared::api::daemon_client::DaemonClient;
-use qwend_shared::api::{ShutdownRequest, StatusRequest, StatusResponse};
+use qwend_shared::api::{ProxyStatus, ShutdownRequest, StatusRequest, StatusResponse};
 use qwend_shared::{paths, transport};
 use serde_json::json;
 use tonic::transport::Channel;
@@ -38,7 +38,8 @@ pub async fn run(action: DaemonAction, as_json: bool) -> Result<ExitCode, Client
         DaemonAction::Status | DaemonAction::Start => {
             let channel = connect::ensure(&socket).await?;
             let status = status(&channel).await?;
-            print_status(&status, as_json);
+            let proxy = super::proxy::status(&channel).await;
+            print_status(&status, proxy.as_ref(), as_json);
         }
         DaemonAction::Install { kind, print } => {
             return super::install::install(kind.kind(), print, as_json);
@@ -111,31 +112,35 @@ async fn status(channel: &Channel) -> Result<StatusResponse, ClientError> {
         .into_inner())
 }
 
-fn print_status(s: &StatusResponse, as_json: bool) {
+fn print_status(s: &StatusResponse, proxy: Option<&ProxyStatus>, as_json: bool) {
     let settings: BTreeMap<&String, &String> = s
         .start_settings
         .iter()
         .filter(|(_, v)| !v.is_empty())
         .collect();
     if as_json {
-        println!(
-            "{}",
-            json!({
-                "running": true,
-                "pid": s.pid,
-                "version": s.version,
-                "protocol_version": s.protocol_version,
-                "socket": s.socket,
-                "uptime_s": s.uptime_s,
-                "start_settings": settings,
-            })
-        );
+        let mut v = json!({
+            "running": true,
+            "pid": s.pid,
+            "version": s.version,
+            "protocol_version": s.protocol_version,
+            "socket": s.socket,
+            "uptime_s": s.uptime_s,
+            "start_settings": settings,
+        });
+        if let Some(p) = proxy {
+            v["proxy"] = super::proxy::to_json(p);
+        }
+        println!("{v}");
     } else {
         println!("qwend {} is running", s.version);
         println!("  pid       {}", s.pid);
         println!("  socket    {}", s.socket);
         println!("  uptime    {}", human_duration(s.uptime_s));
         println!("  protocol  {}", s.protocol_version);
+        if let Some(p) = proxy {
+            println!("  proxy     {}", super::proxy::human(p));
+        }
         if !settings.is_empty() {
             println!("  started with (read at start; `qwen daemon restart` applies changes):");
             for (k, v) in settings {

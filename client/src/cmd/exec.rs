@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use qwend_shared::api::ResolveEnvRequest;
 use qwend_shared::api::env_client::EnvClient;
+use qwend_shared::api::AuthType;
 
 use crate::cli::ExecArgs;
 use crate::connect;
@@ -38,6 +39,11 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
     for w in &creds.warnings {
         term::warn(w);
     }
+    // Kept until qwen exits: the proxy secret lives exactly as long as this call.
+    let (creds, _session) = match wants_proxy(creds.auth_type(), &args) {
+        true => super::proxy::open(&channel, &ctx, creds).await?,
+        false => (creds, None),
+    };
     drop(channel);
     super::daemon::settings_checked().await;
 
@@ -60,6 +66,15 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
         .env("OPENAI_BASE_URL", &creds.base_url)
         .env("OPENAI_MODEL", &creds.model);
     child::run(cmd, &program)
+}
+
+/// Qwen OAuth tokens expire, so a long-running tool is better served by the proxy (which
+/// refreshes for it); an API key does not, so exec hands it over unless asked not to.
+fn wants_proxy(method: AuthType, args: &ExecArgs) -> bool {
+    match method {
+        AuthType::QwenOauth => !args.direct,
+        _ => args.proxy,
+    }
 }
 
 #[cfg(unix)]

@@ -16,6 +16,7 @@ pub mod login;
 mod menu;
 mod permit;
 mod prompt;
+mod proxy;
 mod quota;
 mod session;
 mod token;

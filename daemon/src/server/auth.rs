@@ -56,7 +56,7 @@ fn status_to_api(auth: &AuthState, st: crate::auth::Status) -> api::AuthStatus {
     }
 }
 
-fn to_status(e: AuthError) -> Status {
+pub(super) fn to_status(e: AuthError) -> Status {
     match e {
         AuthError::NoApiKey { .. }
         | AuthError::NothingConfigured

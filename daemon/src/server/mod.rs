@@ -5,6 +5,7 @@ mod conn;
 mod daemon;
 mod env;
 mod events;
+mod proxy;
 mod quota;
 mod validate;
 
@@ -90,6 +91,8 @@ pub async fn serve(
         state.hub.clone(),
     );
     let events = EventsService::new(state.hub.clone());
+    let (proxy, stop) = proxy::service(&state, stop);
+    health_reporter.set_serving::<proxy::Server>().await;
     let incoming = conn::incoming(listener, connections, limits);
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
@@ -105,6 +108,7 @@ pub async fn serve(
         .add_service(AuthServer::new(auth))
         .add_service(QuotaServer::new(quota))
         .add_service(EventsServer::new(events))
+        .add_service(proxy)
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
     Ok(())
