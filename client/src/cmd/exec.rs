@@ -4,9 +4,9 @@
 //! forwards signals and exits with CMD's status (128+N when a signal N killed it).
 use std::process::ExitCode;
 
+use qwend_shared::api::AuthType;
 use qwend_shared::api::ResolveEnvRequest;
 use qwend_shared::api::env_client::EnvClient;
-use qwend_shared::api::AuthType;
 
 use crate::cli::ExecArgs;
 use crate::connect;
