@@ -423,9 +423,13 @@ impl AuthState {
     /// The OAuth runtime, after adopting a login made meanwhile with Qwen Code.
     async fn fresh_runtime(self: &Arc<Self>) -> Result<OAuthRuntime, AuthError> {
         let this = self.clone();
-        let (rt, imported) = tokio::task::spawn_blocking(move || this.runtime_and_import())
-            .await
-            .map_err(|e| AuthError::Task(e.to_string()))??;
+        let (rt, imported) = crate::blocking::run(
+            "opening the credential store",
+            crate::blocking::STORE_DEADLINE,
+            move || this.runtime_and_import(),
+        )
+        .await
+        .map_err(|e| AuthError::Task(e.to_string()))??;
         self.adopt_imported(&rt, imported).await;
         Ok(rt)
     }
@@ -668,14 +672,18 @@ impl AuthState {
     ) -> Result<Ready, AuthError> {
         // One trip to the blocking pool: the plan and, for Qwen OAuth, the token manager.
         let this = self.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
-            Ok::<_, AuthError>(match this.plan(&ctx, model.as_deref())? {
-                Plan::Ready(r) => Err(r),
-                Plan::QwenOAuth { model, warnings } => {
-                    Ok((model, warnings, this.runtime_and_import()?))
-                }
-            })
-        })
+        let prepared = crate::blocking::run(
+            "preparing credentials",
+            crate::blocking::STORE_DEADLINE,
+            move || {
+                Ok::<_, AuthError>(match this.plan(&ctx, model.as_deref())? {
+                    Plan::Ready(r) => Err(r),
+                    Plan::QwenOAuth { model, warnings } => {
+                        Ok((model, warnings, this.runtime_and_import()?))
+                    }
+                })
+            },
+        )
         .await
         .map_err(|e| AuthError::Task(e.to_string()))??;
         let (model, warnings, (rt, imported)) = match prepared {

@@ -260,7 +260,12 @@ impl LoginCoordinator {
                 let installed = tokens.install(creds).await;
                 self.auth.announce_login_at(expires);
                 let auth = self.auth.clone();
-                let selected = tokio::task::spawn_blocking(move || auth.select_after_login()).await;
+                let selected = crate::blocking::run(
+                    "selecting qwen-oauth",
+                    crate::blocking::STORE_DEADLINE,
+                    move || auth.select_after_login(),
+                )
+                .await;
                 let selection_note = match selected {
                     Ok(Ok(true)) => "; auth method set to qwen-oauth",
                     Ok(Ok(false)) => "",

@@ -75,9 +75,14 @@ pub(super) fn to_status(e: AuthError) -> Status {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
+    crate::blocking::run("auth request", crate::blocking::STORE_DEADLINE, f)
         .await
-        .map_err(|e| Status::internal(format!("task failed: {e}")))?
+        .map_err(|e| match e {
+            crate::blocking::BlockingError::Deadline { .. } => {
+                Status::deadline_exceeded(e.to_string())
+            }
+            crate::blocking::BlockingError::Failed { .. } => Status::internal(e.to_string()),
+        })?
 }
 
 #[tonic::async_trait]
