@@ -303,9 +303,12 @@ fn restored_after(keys: &[&str]) {
     pty::expect(&mut s, PROMPT);
     for (i, k) in keys.iter().enumerate() {
         s.send(k).unwrap();
-        // A first Ctrl-C on an empty line only says how to leave.
+        // A first Ctrl-C on an empty line only says how to leave. The next key waits for
+        // the prompt: the line editor puts the terminal back in raw mode before drawing it,
+        // and a Ctrl-C typed before that is a SIGINT rather than a key.
         if *k == "\x03" && i + 1 < keys.len() {
             pty::expect(&mut s, "(Ctrl-C again, Ctrl-D or /quit to leave)");
+            pty::expect(&mut s, PROMPT);
         }
     }
     let out = pty::expect(&mut s, "END");
