@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -70,7 +71,10 @@ fn quiet_on_closed_stdout() {
 }
 
 fn is_broken_pipe_text(msg: &str) -> bool {
-    msg.contains(&format!("(os error {})", libc::EPIPE)) || msg.contains("Broken pipe")
+    msg.contains(&format!(
+        "(os error {})",
+        rustix::io::Errno::PIPE.raw_os_error()
+    )) || msg.contains("Broken pipe")
 }
 
 /// Writes `bytes` to stdout and flushes; a closed stdout ends the command quietly (see

@@ -1,4 +1,5 @@
 //! qwend: the per-user credential daemon behind the `qwen` client.
+#![forbid(unsafe_code)]
 pub mod account;
 pub mod activation;
 pub mod auth;

@@ -1,5 +1,6 @@
 //! What `qwend` and `qwen` (and any Rust plugin) share: the generated socket API, the rules
 //! that decide where the socket lives, and the transport that connects the two safely.
+#![forbid(unsafe_code)]
 pub mod codec;
 pub mod paths;
 pub mod transport;

@@ -82,6 +82,7 @@ mod child {
     use std::process::{Command, ExitCode};
     use std::sync::{Arc, Mutex};
 
+    use rustix::process::{Pid, Signal};
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
     use signal_hook::iterator::SignalsInfo;
     use signal_hook::iterator::exfiltrator::WithOrigin;
@@ -107,7 +108,7 @@ mod child {
                 return Ok(ExitCode::from(code));
             }
         };
-        let pid = child.id() as libc::pid_t;
+        let pid = Pid::from_child(&child);
         let reaped = Arc::new(Mutex::new(false));
         let forwarder = {
             let reaped = reaped.clone();
@@ -124,9 +125,12 @@ mod child {
                     if *gone {
                         break;
                     }
-                    // SAFETY: plain kill(2); the pid is not reaped yet (checked under the
-                    // lock), so it still names our child.
-                    unsafe { libc::kill(pid, origin.signal) };
+                    // The pid is not reaped yet (checked under the lock), so it still names
+                    // our child. Only the child, not its group: that is what a process
+                    // signalling qwen would reach had it run the command directly.
+                    if let Some(sig) = Signal::from_named_raw(origin.signal) {
+                        let _ = rustix::process::kill_process(pid, sig);
+                    }
                 }
             })
         };
@@ -149,22 +153,12 @@ mod child {
 
     /// Block until the child has exited, without reaping it: until it is reaped its pid
     /// cannot be reused, so the forwarder can never signal a stranger.
-    fn wait_exited(pid: libc::pid_t) {
-        loop {
-            // SAFETY: waitid with a zeroed siginfo out-parameter.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_PID,
-                    pid as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOWAIT,
-                )
-            };
-            if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return;
-            }
-        }
+    fn wait_exited(pid: Pid) {
+        use rustix::process::{WaitId, WaitIdOptions, waitid};
+        while let Err(rustix::io::Errno::INTR) = waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        ) {}
     }
 }
 

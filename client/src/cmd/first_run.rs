@@ -104,12 +104,12 @@ pub async fn api_key(channel: &Channel, ctx: &ClientContext) -> Result<(), Clien
 
 #[cfg(unix)]
 mod echo {
-    use std::os::fd::AsRawFd;
+    use rustix::termios::{LocalModes, OptionalActions, Termios, tcgetattr, tcsetattr};
 
     /// Terminal echo off until dropped (then the previous settings come back).
     pub struct Off {
         tty: std::fs::File,
-        saved: libc::termios,
+        saved: Termios,
     }
 
     impl Off {
@@ -119,27 +119,17 @@ mod echo {
                 .write(true)
                 .open("/dev/tty")
                 .ok()?;
-            let fd = tty.as_raw_fd();
-            // SAFETY: tcgetattr/tcsetattr on an open terminal fd with a zeroed termios.
-            unsafe {
-                let mut saved: libc::termios = std::mem::zeroed();
-                if libc::tcgetattr(fd, &mut saved) != 0 {
-                    return None;
-                }
-                let mut quiet = saved;
-                quiet.c_lflag &= !(libc::ECHO | libc::ECHONL);
-                if libc::tcsetattr(fd, libc::TCSANOW, &quiet) != 0 {
-                    return None;
-                }
-                Some(Self { tty, saved })
-            }
+            let saved = tcgetattr(&tty).ok()?;
+            let mut quiet = saved.clone();
+            quiet.local_modes &= !(LocalModes::ECHO | LocalModes::ECHONL);
+            tcsetattr(&tty, OptionalActions::Now, &quiet).ok()?;
+            Some(Self { tty, saved })
         }
     }
 
     impl Drop for Off {
         fn drop(&mut self) {
-            // SAFETY: restores the attributes read in `new` on the same fd.
-            unsafe { libc::tcsetattr(self.tty.as_raw_fd(), libc::TCSANOW, &self.saved) };
+            let _ = tcsetattr(&self.tty, OptionalActions::Now, &self.saved);
         }
     }
 }
