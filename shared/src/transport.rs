@@ -463,16 +463,37 @@ fn verify_peer(stream: &UnixStream, path: &Path) -> Result<(), TransportError> {
 /// moment may report "already running (pid unknown)"; use it where something already
 /// went wrong, not on every call.
 pub fn daemon_pid(socket: &Path) -> Option<u32> {
-    let path = crate::paths::lock_path_for(socket);
-    let mut file = File::open(path).ok()?;
+    match lock_holder(&crate::paths::lock_path_for(socket)) {
+        LockHolder::Held { pid } => pid,
+        LockHolder::Free => None,
+    }
+}
+
+/// Who holds a daemon lock file (see [`daemon_pid`] for the caveat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockHolder {
+    /// No process holds it (or it cannot be opened).
+    Free,
+    /// A live process holds it; `pid` as recorded in the file, when it is readable.
+    Held { pid: Option<u32> },
+}
+
+pub fn lock_holder(lock: &Path) -> LockHolder {
+    let Ok(mut file) = File::open(lock) else {
+        return LockHolder::Free;
+    };
     match file.try_lock_shared() {
-        Ok(()) => None,
+        // We got it, so nobody holds it exclusively (dropping the file releases ours).
+        Ok(()) => LockHolder::Free,
         Err(fs::TryLockError::WouldBlock) => {
             let mut text = String::new();
-            file.read_to_string(&mut text).ok()?;
-            text.trim().parse().ok()
+            let pid = file
+                .read_to_string(&mut text)
+                .ok()
+                .and_then(|_| text.trim().parse().ok());
+            LockHolder::Held { pid }
         }
-        Err(fs::TryLockError::Error(_)) => None,
+        Err(fs::TryLockError::Error(_)) => LockHolder::Free,
     }
 }
 

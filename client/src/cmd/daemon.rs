@@ -7,13 +7,13 @@
 //! process can act on it), then SIGKILL after a grace period. The lock is what makes the
 //! pid trustworthy: only the live holder's pid is signalled, never a stale one.
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use qwend_shared::api::daemon_client::DaemonClient;
 use qwend_shared::api::{ProxyStatus, ShutdownRequest, StatusRequest, StatusResponse};
+use qwend_shared::transport::LockHolder;
 use qwend_shared::{paths, transport};
 use serde_json::json;
 use tonic::transport::Channel;
@@ -294,20 +294,21 @@ async fn stop(socket: &Path) -> Result<Option<Stopped>, ClientError> {
             STOP_BUDGET.as_secs()
         ));
     }
-    let pid = match lock_holder(&lock) {
-        Holder::None => {
+    let pid = match transport::lock_holder(&lock) {
+        LockHolder::Free => {
             return Ok(asked.map(|pid| Stopped {
                 pid,
                 how: How::Asked,
             }));
         }
-        Holder::Unknown => {
+        // Never signal init (or "0", the whole process group) on the word of a file.
+        LockHolder::Held { pid: Some(pid) } if pid > 1 => pid,
+        LockHolder::Held { .. } => {
             return Err(ClientError::Rpc(format!(
                 "a qwend holds {} but its pid is not recorded there; stop it by hand",
                 lock.display()
             )));
         }
-        Holder::Pid(pid) => pid,
     };
     if asked.is_none() {
         term::warn(&format!(
@@ -353,33 +354,6 @@ fn signal(pid: u32, sig: rustix::process::Signal) -> Result<(), ClientError> {
         Err(e) => Err(ClientError::Rpc(format!(
             "cannot signal qwend (pid {pid}): {e}"
         ))),
-    }
-}
-
-enum Holder {
-    None,
-    Unknown,
-    Pid(u32),
-}
-
-/// Who holds the daemon's lock (`DaemonLock` in the shared crate writes the holder's pid
-/// into it). Written here until the transport module offers a helper for it.
-fn lock_holder(lock: &Path) -> Holder {
-    let Ok(mut file) = std::fs::File::open(lock) else {
-        return Holder::None;
-    };
-    match file.try_lock_shared() {
-        // We got it, so nobody holds it exclusively (dropping the file releases ours).
-        Ok(()) => Holder::None,
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            match text.trim().parse::<u32>() {
-                Ok(pid) if pid > 1 => Holder::Pid(pid),
-                _ => Holder::Unknown,
-            }
-        }
-        Err(std::fs::TryLockError::Error(_)) => Holder::None,
     }
 }
 
