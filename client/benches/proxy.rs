@@ -12,6 +12,9 @@
 //!
 //! Runs: `QWEN_BENCH_RUNS` (300). The mock answers each request on a fresh connection
 //! (`Connection: close`), so both sides pay one upstream connect per request.
+#[path = "support/stats.rs"]
+mod stats;
+
 #[path = "../tests/common/openai_mock.rs"]
 #[allow(dead_code)]
 mod openai_mock;
@@ -22,29 +25,20 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openai_mock::{OpenAiMock, Reply};
+use stats::{Summary, ms};
 
 const STREAMS: usize = 64;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn row(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort();
-    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
-    let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+fn row(name: &str, samples: Vec<Duration>) -> (Duration, Duration) {
+    let s = Summary::of(samples);
     println!(
         "| {name:<46} | {:>4} | {:>8.3} | {:>8.3} | {:>8.3} |",
-        samples.len(),
-        ms(mean),
-        ms(p50),
-        ms(p99),
+        s.n,
+        ms(s.mean),
+        ms(s.p50),
+        ms(s.p99),
     );
-    (p50, p99)
+    (s.p50, s.p99)
 }
 
 fn rss_kb(pid: u32) -> u64 {

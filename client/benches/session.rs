@@ -13,6 +13,9 @@
 //! Targets on the 2-core reference machine: first prompt p50 < 50 ms; overhead p50 < 5 ms.
 //! The pty is read by a busy loop (expectrl), which takes one core while waiting.
 //! Runs: `QWEN_BENCH_RUNS` (30 starts, 100 messages).
+#[path = "support/stats.rs"]
+mod stats;
+
 #[path = "../tests/common/openai_mock.rs"]
 #[allow(dead_code)]
 mod openai_mock;
@@ -23,30 +26,21 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use expectrl::Expect;
+use stats::{Summary, ms};
 
 const PROMPT: &str = "qwen> ";
 const FIRST_PIECE: &str = "Hello";
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn row(name: &str, mut samples: Vec<Duration>, target: &str) -> Duration {
-    samples.sort();
-    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
-    let p50 = percentile(&samples, 0.5);
+fn row(name: &str, samples: Vec<Duration>, target: &str) -> Duration {
+    let s = Summary::of(samples);
     println!(
         "| {name:<52} | {:>4} | {:>8.2} | {:>8.2} | {:>8.2} | {target:<10} |",
-        samples.len(),
-        ms(mean),
-        ms(p50),
-        ms(percentile(&samples, 0.99)),
+        s.n,
+        ms(s.mean),
+        ms(s.p50),
+        ms(s.p99),
     );
-    p50
+    s.p50
 }
 
 fn runs(default: usize) -> usize {

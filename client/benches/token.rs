@@ -10,32 +10,26 @@
 //! its parents) with the package that `conformance/env/setup.sh` installs
 //! (`QWEN_PEER_PKG`, else `/tmp/qwen-peer-0.24.4`); without node or the package the row is
 //! skipped with a note. Runs: `QWEN_BENCH_RUNS` (300) and `QWEN_BENCH_NODE_RUNS` (20).
+#[path = "support/stats.rs"]
+mod stats;
+
+use stats::{Summary, ms};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const TOKEN: &str = "at-bench-0123456789";
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn row(name: &str, mut samples: Vec<Duration>, target: &str) -> Duration {
-    samples.sort();
-    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
-    let p50 = percentile(&samples, 0.5);
+fn row(name: &str, samples: Vec<Duration>, target: &str) -> Duration {
+    let s = Summary::of(samples);
     println!(
         "| {name:<58} | {:>4} | {:>8.2} | {:>8.2} | {:>8.2} | {target:<8} |",
-        samples.len(),
-        ms(mean),
-        ms(p50),
-        ms(percentile(&samples, 0.99)),
+        s.n,
+        ms(s.mean),
+        ms(s.p50),
+        ms(s.p99),
     );
-    p50
+    s.p50
 }
 
 fn runs(var: &str, default: usize) -> usize {
