@@ -279,6 +279,12 @@ fn the_daemon_has_no_core_size_and_is_not_dumpable() {
     );
 }
 
+fn session_of(pid: &str) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    after.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
 #[test]
 fn the_detached_daemon_keeps_no_fd_session_or_directory_of_its_caller() {
     let env = TestEnv::new();
@@ -314,13 +320,10 @@ fn the_detached_daemon_keeps_no_fd_session_or_directory_of_its_caller() {
     let pid = v["pid"].as_u64().unwrap() as u32;
 
     // Its own session (it leads it), not the caller's.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = stat.rsplit_once(')').unwrap().1;
-    let session: u32 = after.split_whitespace().nth(3).unwrap().parse().unwrap();
-    let ours = rustix::process::getsid(None)
-        .unwrap()
-        .as_raw_nonzero()
-        .get() as u32;
+    // From /proc for both: in a container whose session leader lives outside our pid
+    // namespace the test's own session id is 0, which rustix's getsid cannot return.
+    let session = session_of(&pid.to_string());
+    let ours = session_of("self");
     assert_ne!(session, ours, "the daemon stayed in the caller's session");
     assert_eq!(session, pid, "the daemon leads its own session");
 
