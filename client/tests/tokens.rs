@@ -336,9 +336,11 @@ fn qwen_auth_token_reports_a_failing_refresh_as_such() {
 fn a_refresh_that_cannot_be_saved_is_served_and_warned_about() {
     use std::os::unix::fs::PermissionsExt;
     let s = setup();
-    write_creds(&s.env.home, "at-old", "rt-old", now_ms() - 1000);
+    // A valid token, so nothing refreshes until the test asks: an expired one would be
+    // refreshed (and saved) as soon as the daemon reads it, racing the chmod below.
+    write_creds(&s.env.home, "at-old", "rt-old", now_ms() + 3_600_000);
     s.mock.push(TOKEN_PATH, Reply::refresh_rotate());
-    // Without root's power to write where the modes say no, so the read-only dirs hold
+    // Without root's power to write where the modes say no, so the read-only dir holds
     // for the daemon even when the tests run as root.
     let qwen = |args: &[&str]| {
         let mut cmd = if is_root() {
@@ -356,24 +358,23 @@ fn a_refresh_that_cannot_be_saved_is_served_and_warned_about() {
     };
     let out = qwen(&["daemon", "start"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Imported into our store while it is still writable.
+    assert_eq!(s.get(None).unwrap().token, "at-old");
+
+    // Our store becomes read-only; Qwen Code's dir stays writable, so its lock protocol
+    // works and only our save fails (ours is written first, and a failure stops there).
     let creds = s.env.state.join("credentials");
-    std::fs::create_dir_all(&creds).unwrap();
-    let qwen_dir = s.env.home.join(".qwen");
-    let ro = std::fs::Permissions::from_mode(0o500);
-    std::fs::set_permissions(&creds, ro.clone()).unwrap();
-    std::fs::set_permissions(&qwen_dir, ro).unwrap();
     let ours = creds.join("credentials.json");
     if ours.exists() {
         std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o400)).unwrap();
     }
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o500)).unwrap();
 
-    let reply = s.get(None).unwrap();
+    let reply = s.get(Some("at-old")).unwrap();
     assert_eq!(reply.token, "at-refreshed", "served from memory");
     let out = qwen(&["auth", "status", "--json"]);
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o700)).unwrap();
     let st: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let open = std::fs::Permissions::from_mode(0o700);
-    std::fs::set_permissions(&creds, open.clone()).unwrap();
-    std::fs::set_permissions(&qwen_dir, open).unwrap();
     assert!(
         st["warnings"].to_string().contains("could not be saved"),
         "{st}"
