@@ -11,18 +11,11 @@ use common::*;
 
 const NOBODY: u32 = 65534;
 
-/// Tests that need a second uid: only root can run a process as `nobody`. CI runs as root,
-/// so there a missing capability is a failure, not a skip.
-fn need_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} must run as root in CI (it runs a fake server as the user nobody)"
-    );
-    eprintln!("skipped {test}: needs root to run a fake server as the user nobody");
-    false
+/// Tests that need a second uid: only root can run a process as `nobody` (through setpriv).
+/// CI runs as root, so there a missing capability is a failure, not a skip.
+fn need_root(_test: &str) -> bool {
+    require_root("running a process as the user nobody")
+        && require_program("setpriv", "util-linux")
 }
 
 /// A Python interpreter the user nobody may run (a pyenv shim under /root is not one).
@@ -510,12 +503,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// once descriptors free up.
 #[test]
 fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
-    if Command::new("prlimit").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "needs prlimit (util-linux)"
-        );
-        eprintln!("skipped: needs prlimit (util-linux)");
+    if !require_program("prlimit", "util-linux") {
         return;
     }
     let env = TestEnv::new()

@@ -202,6 +202,9 @@ struct Inner {
     queues: Mutex<HashMap<String, VecDeque<Reply>>>,
     defaults: Mutex<HashMap<String, Reply>>,
     log: Mutex<Vec<Recorded>>,
+    /// Every secret it handed out or was sent, by kind, so a test can look for them in
+    /// logs and outputs (client/tests/common/secrets.rs).
+    secrets: Mutex<Vec<(&'static str, String)>>,
     count: watch::Sender<usize>,
 }
 
@@ -217,6 +220,7 @@ impl MockServer {
             queues: Mutex::default(),
             defaults: Mutex::default(),
             log: Mutex::default(),
+            secrets: Mutex::default(),
             count: watch::channel(0).0,
         });
         let app = Router::new().fallback(handle).with_state(inner.clone());
@@ -268,6 +272,12 @@ impl MockServer {
             .count()
     }
 
+    /// The secrets it issued (tokens, device codes) and received (verifiers, device codes,
+    /// refresh tokens), each with its kind, in the order seen; duplicates included.
+    pub fn secrets(&self) -> Vec<(&'static str, String)> {
+        self.inner.secrets.lock().unwrap().clone()
+    }
+
     /// Resolves once `n` requests (to any path) have arrived.
     pub async fn wait_for_requests(&self, n: usize) {
         let mut rx = self.inner.count.subscribe();
@@ -304,6 +314,14 @@ async fn handle(
         body: String::from_utf8_lossy(&body).into_owned(),
     };
     let echoed = recorded.body.clone();
+    {
+        let mut secrets = inner.secrets.lock().unwrap();
+        for (field, value) in recorded.form() {
+            if let Some(kind) = secret_kind(&field) {
+                secrets.push((kind, value));
+            }
+        }
+    }
     inner.log.lock().unwrap().push(recorded);
     inner.count.send_modify(|c| *c += 1);
 
@@ -323,6 +341,14 @@ async fn handle(
             json!({"error": "not_found"}).to_string(),
         );
     };
+    if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(&reply.body) {
+        let mut secrets = inner.secrets.lock().unwrap();
+        for (field, value) in fields {
+            if let (Some(kind), Value::String(v)) = (secret_kind(&field), value) {
+                secrets.push((kind, v));
+            }
+        }
+    }
     if let Some(gate) = &reply.gate {
         gate.acquire().await.expect("gate open").forget();
     }
@@ -344,6 +370,18 @@ async fn handle(
         return response(reply.status, "application/json", body.to_string());
     }
     response(reply.status, reply.content_type, reply.body)
+}
+
+/// What a form or JSON field of the OAuth exchange holds, when it is a secret.
+fn secret_kind(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "access_token" => "access token",
+        "refresh_token" => "refresh token",
+        "device_code" => "device code",
+        "code_verifier" => "PKCE verifier",
+        "id_token" => "id token",
+        _ => return None,
+    })
 }
 
 fn response(status: u16, content_type: &str, body: String) -> Response {
