@@ -348,8 +348,18 @@ fn the_suites_daemons_log_at_trace_level_and_the_mock_records_its_secrets() {
         ),
     )
     .unwrap();
+    std::fs::write(
+        s.env.home.join(".qwen/settings.json"),
+        r#"{"security": {"auth": {"selectedType": "qwen-oauth"}}}"#,
+    )
+    .unwrap();
     s.mock.push(TOKEN_PATH, OAuthReply::refresh_rotate());
-    let out = s.env.qwen(&["auth", "token"]);
+    let out = s
+        .env
+        .qwen_cmd(&["auth", "token"])
+        .current_dir(&s.env.home)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "at-refreshed");
     let log = s.env.log();
