@@ -26,6 +26,16 @@ pub struct TestEnv {
     captured: Mutex<Vec<(String, String)>>,
 }
 
+/// `QWEN_LOG` for every daemon the tests start: everything at trace, for the secret scan
+/// (tests/common/secrets.rs), except the HTTP/2 and gRPC plumbing's frame-by-frame trace
+/// (which logs frame metadata, never header values or bodies): at that volume the daemon
+/// of a 1,000-caller test misses its clients' 3 s keep-alive. `QWEND_TEST_LOG` overrides.
+pub const TEST_LOG: &str = "trace,h2=debug,hyper=debug,hyper_util=debug,tower=debug,tonic=debug";
+
+pub fn log_filter() -> String {
+    std::env::var("QWEND_TEST_LOG").unwrap_or_else(|_| TEST_LOG.to_string())
+}
+
 pub fn qwen_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_qwen"))
 }
@@ -107,8 +117,8 @@ impl TestEnv {
             .env("QWEND_SOCKET", &self.socket)
             .env("QWEND_STATE_DIR", &self.state)
             .env("QWEND_BIN", qwend_bin())
-            // Trace: the most the daemon can log, all of it searched for secrets on drop.
-            .env("QWEN_LOG", "trace")
+            // The most the daemon can log, all of it searched for secrets on drop.
+            .env("QWEN_LOG", log_filter())
             // No session bus in tests: the file backend, without a keyring probe.
             .env("QWEN_CREDENTIAL_STORE", "file")
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
