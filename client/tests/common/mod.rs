@@ -391,7 +391,13 @@ pub fn require(what: &str, present: bool, hint: &str) -> bool {
         !must_have_everything(),
         "{test} needs {what} ({hint}); CI or QWEND_REQUIRE_ALL makes that a failure, not a skip"
     );
-    eprintln!("skipped {test}: needs {what} ({hint})");
+    // Straight to stderr, past the test harness's capture: a skip is seen without
+    // --nocapture, one line.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped {test}: needs {what} ({hint})"
+    );
     false
 }
 
@@ -415,7 +421,10 @@ pub fn require_root(why: &str) -> bool {
 }
 
 fn workspace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("client/ sits in the workspace")
+        .to_path_buf()
 }
 
 /// The Python that `.ci/run` installs the tests' packages into (`QWEND_TEST_PYTHON`
