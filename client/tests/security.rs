@@ -28,7 +28,10 @@ fn daemon_refuses(env: &TestEnv, what: &str, must_name: &[&str]) {
     env.capture("the daemon's stderr", &out.stderr);
     assert!(!out.status.success(), "{what}: the daemon started:\n{err}");
     for s in must_name {
-        assert!(err.contains(s), "{what}: the daemon should name {s:?}:\n{err}");
+        assert!(
+            err.contains(s),
+            "{what}: the daemon should name {s:?}:\n{err}"
+        );
     }
 }
 
@@ -36,9 +39,16 @@ fn daemon_refuses(env: &TestEnv, what: &str, must_name: &[&str]) {
 fn client_refuses(out: &Output, what: &str, must_name: &[&str]) {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{what}: {err}");
-    assert!(out.stdout.is_empty(), "{what}: printed {}", text(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "{what}: printed {}",
+        text(&out.stdout)
+    );
     for s in must_name {
-        assert!(err.contains(s), "{what}: the client should name {s:?}: {err}");
+        assert!(
+            err.contains(s),
+            "{what}: the client should name {s:?}: {err}"
+        );
     }
 }
 
@@ -64,7 +74,11 @@ fn a_symlinked_socket_dir_is_refused_by_the_daemon_and_the_client() {
     std::os::unix::fs::symlink(&target, dir).unwrap();
     let name = dir.display().to_string();
     daemon_refuses(&env, "symlinked dir", &[&name, "symbolic link"]);
-    for args in [&["env", "--json"][..], &["auth", "token"], &["daemon", "status"]] {
+    for args in [
+        &["env", "--json"][..],
+        &["auth", "token"],
+        &["daemon", "status"],
+    ] {
         let out = env.qwen(args);
         client_refuses(&out, &args.join(" "), &[&name, "symbolic link"]);
     }
@@ -74,7 +88,11 @@ fn a_symlinked_socket_dir_is_refused_by_the_daemon_and_the_client() {
     let nowhere = env.root.path().join("nowhere");
     std::os::unix::fs::symlink(&nowhere, dir).unwrap();
     daemon_refuses(&env, "dangling symlink", &[&name, "symbolic link"]);
-    client_refuses(&env.qwen(&["env", "--json"]), "dangling", &["symbolic link"]);
+    client_refuses(
+        &env.qwen(&["env", "--json"]),
+        "dangling",
+        &["symbolic link"],
+    );
     assert!(!nowhere.exists(), "the link's target was created");
 }
 
@@ -115,7 +133,11 @@ fn a_socket_dir_owned_by_another_user_is_refused_by_the_daemon_and_the_client() 
     let name = dir.display().to_string();
     // Root could write there anyway: the owner alone decides.
     daemon_refuses(&env, "foreign dir", &[&name, "uid 65534"]);
-    for args in [&["env", "--json"][..], &["auth", "token"], &["daemon", "status"]] {
+    for args in [
+        &["env", "--json"][..],
+        &["auth", "token"],
+        &["daemon", "status"],
+    ] {
         let out = env.qwen(args);
         client_refuses(&out, &args.join(" "), &[&name, "uid 65534"]);
     }
@@ -159,11 +181,11 @@ fn assert_private_tree(root: &Path, skip: &[&str]) -> Vec<String> {
 /// a proxied run: credentials (ours and Qwen Code's), the account and quota state, the
 /// ledger, the session history, the log and the socket are all 0600 in 0700 directories.
 #[test]
-fn files_holding_secrets_are_0600_in_0700_dirs_after_a_login_a_permit_a_session_and_a_proxy_run()
-{
+fn files_holding_secrets_are_0600_in_0700_dirs_after_a_login_a_permit_a_session_and_a_proxy_run() {
     let s = oauth_setup(&[("QWEND_OAUTH_TIME_UNIT_MS", "10")]);
     let api = OpenAiMock::start();
-    s.mock.push(DEVICE_PATH, OAuthReply::device_code(600, Some(1)));
+    s.mock
+        .push(DEVICE_PATH, OAuthReply::device_code(600, Some(1)));
     s.mock.set_default(
         TOKEN_PATH,
         OAuthReply::json(
@@ -248,10 +270,15 @@ fn files_holding_secrets_are_0600_in_0700_dirs_after_a_login_a_permit_a_session_
     assert!(out.status.success(), "{}", text(&out.stderr));
     let state = assert_private_tree(&env.state, &[]);
     for expected in ["qwend.log", "history", "credentials/credentials.json"] {
-        assert!(state.iter().any(|p| p == expected), "{expected} missing: {state:?}");
+        assert!(
+            state.iter().any(|p| p == expected),
+            "{expected} missing: {state:?}"
+        );
     }
     assert!(
-        state.iter().any(|p| p.contains("quota") || p.contains("ledger")),
+        state
+            .iter()
+            .any(|p| p.contains("quota") || p.contains("ledger")),
         "no quota ledger: {state:?}"
     );
     let qwen_home = assert_private_tree(&env.home.join(".qwen"), &[]);
@@ -278,7 +305,11 @@ fn the_secret_scan_catches_planted_secrets_and_never_prints_them() {
     env.plant("test canary", by_hand);
     let proj = env.root.path().join("proj");
     std::fs::create_dir_all(&proj).unwrap();
-    std::fs::write(proj.join(".env"), format!("OPENAI_API_KEY=\"{from_dotenv}\"\n")).unwrap();
+    std::fs::write(
+        proj.join(".env"),
+        format!("OPENAI_API_KEY=\"{from_dotenv}\"\n"),
+    )
+    .unwrap();
     let env = {
         // vars are fixed at construction: a second environment for that source.
         let mut e = env;
@@ -302,7 +333,9 @@ fn the_secret_scan_catches_planted_secrets_and_never_prints_them() {
         "proxy secret",
     ] {
         assert!(
-            leaks.iter().any(|l| l.contains(kind) && l.contains("qwend.log")),
+            leaks
+                .iter()
+                .any(|l| l.contains(kind) && l.contains("qwend.log")),
             "{kind} not reported:\n{report}"
         );
     }
@@ -313,7 +346,10 @@ fn the_secret_scan_catches_planted_secrets_and_never_prints_them() {
     for secret in [by_hand, from_dotenv, from_var, proxy.as_str()] {
         assert!(!report.contains(secret), "the report printed a secret");
     }
-    assert!(report.contains("<test canary>"), "masked, not dropped: {report}");
+    assert!(
+        report.contains("<test canary>"),
+        "masked, not dropped: {report}"
+    );
 
     // Clean again, so this environment's own scan on drop passes.
     std::fs::write(&log, clean).unwrap();

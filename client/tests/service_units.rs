@@ -32,7 +32,10 @@ fn printed_units(env: &TestEnv, flag: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {
-    if !require_program("systemd-analyze", "apt-get install systemd; .ci/run installs it") {
+    if !require_program(
+        "systemd-analyze",
+        "apt-get install systemd; .ci/run installs it",
+    ) {
         return;
     }
     let env = TestEnv::new();

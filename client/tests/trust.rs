@@ -14,8 +14,7 @@ const NOBODY: u32 = 65534;
 /// Tests that need a second uid: only root can run a process as `nobody` (through setpriv).
 /// CI runs as root, so there a missing capability is a failure, not a skip.
 fn need_root(_test: &str) -> bool {
-    require_root("running a process as the user nobody")
-        && require_program("setpriv", "util-linux")
+    require_root("running a process as the user nobody") && require_program("setpriv", "util-linux")
 }
 
 /// A Python interpreter the user nobody may run (a pyenv shim under /root is not one).

@@ -136,7 +136,10 @@ impl TestEnv {
     /// purpose: `qwen auth token` prints one).
     pub fn qwen(&self, args: &[&str]) -> Output {
         let out = self.qwen_cmd(args).output().unwrap();
-        self.capture(&format!("the stderr of `qwen {}`", args.join(" ")), &out.stderr);
+        self.capture(
+            &format!("the stderr of `qwen {}`", args.join(" ")),
+            &out.stderr,
+        );
         out
     }
 
@@ -180,8 +183,8 @@ impl TestEnv {
         let planted = self.planted();
         let mut leaks = Vec::new();
         for log in secrets::logs(self.root.path()) {
-            let body = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default())
-                .into_owned();
+            let body =
+                String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
             let name = log.strip_prefix(self.root.path()).unwrap_or(&log);
             leaks.extend(secrets::scan(
                 &format!("the log {}", name.display()),
@@ -394,10 +397,7 @@ pub fn require(what: &str, present: bool, hint: &str) -> bool {
     // Straight to stderr, past the test harness's capture: a skip is seen without
     // --nocapture, one line.
     use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped {test}: needs {what} ({hint})"
-    );
+    let _ = writeln!(std::io::stderr(), "skipped {test}: needs {what} ({hint})");
     false
 }
 
@@ -417,7 +417,11 @@ pub fn require_program(program: &str, hint: &str) -> bool {
 
 /// [`require`] for root (a second uid through setpriv, /proc of a non-dumpable process).
 pub fn require_root(why: &str) -> bool {
-    require(&format!("root ({why})"), is_root(), "run the tests as root, as CI does")
+    require(
+        &format!("root ({why})"),
+        is_root(),
+        "run the tests as root, as CI does",
+    )
 }
 
 fn workspace_dir() -> PathBuf {
@@ -439,7 +443,11 @@ pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
         .output()
         .is_ok_and(|o| o.status.success());
     require(
-        &format!("{} with the Python modules {}", python.display(), modules.join(", ")),
+        &format!(
+            "{} with the Python modules {}",
+            python.display(),
+            modules.join(", ")
+        ),
         ok,
         ".ci/run installs them into target/plugin-py",
     )

@@ -67,7 +67,8 @@ pub fn from_files(root: &Path, out: &mut Vec<Planted>) {
                     from_dotenv(&read(&path), out);
                 } else if name == "settings.json" {
                     from_json(&read(&path), "API key in settings.json", out);
-                } else if name.starts_with("oauth_creds.json") || name.starts_with("credentials.json")
+                } else if name.starts_with("oauth_creds.json")
+                    || name.starts_with("credentials.json")
                 {
                     from_json(&read(&path), "token in a credential file", out);
                 }
