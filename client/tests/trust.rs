@@ -13,7 +13,7 @@ const NOBODY: u32 = 65534;
 
 /// Tests that need a second uid: only root can run a process as `nobody` (through setpriv).
 /// CI runs as root, so there a missing capability is a failure, not a skip.
-fn need_root(_test: &str) -> bool {
+fn need_root() -> bool {
     require_root("running a process as the user nobody") && require_program("setpriv", "util-linux")
 }
 
@@ -142,7 +142,7 @@ fn assert_refused(out: &std::process::Output, what: &str, must_name: &[&str]) {
 
 #[test]
 fn a_socket_dir_made_by_another_user_gets_nothing() {
-    if !need_root("a_socket_dir_made_by_another_user_gets_nothing") {
+    if !need_root() {
         return;
     }
     // XDG_RUNTIME_DIR unset: the fallback is $TMPDIR/qwend-<uid>, which nobody made first.
@@ -176,7 +176,7 @@ fn a_socket_dir_made_by_another_user_gets_nothing() {
 
 #[test]
 fn a_socket_served_by_another_user_gets_nothing() {
-    if !need_root("a_socket_served_by_another_user_gets_nothing") {
+    if !need_root() {
         return;
     }
     let fake = Fake::start("nobody/qwend.sock");
@@ -572,7 +572,7 @@ async fn helper_foreign_client() {
 /// with the socket's directory and mode opened on purpose.
 #[test]
 fn the_daemon_refuses_another_uid() {
-    if !need_root("the_daemon_refuses_another_uid") {
+    if !need_root() {
         return;
     }
     let env = TestEnv::new();
