@@ -232,7 +232,23 @@ impl Drop for TestEnv {
         if std::thread::panicking() {
             return;
         }
+        let started = Instant::now();
         let leaks = self.secret_leaks();
+        if std::env::var_os("QWEND_TEST_SCAN_STATS").is_some() {
+            // What the scan costs, for docs: QWEND_TEST_SCAN_STATS=1 cargo test -- --nocapture
+            let bytes: u64 = secrets::logs(self.root.path())
+                .iter()
+                .filter_map(|l| std::fs::metadata(l).ok())
+                .map(|m| m.len())
+                .sum();
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "secret scan: {} secrets, {bytes} bytes of logs, {:?}",
+                self.planted().len(),
+                started.elapsed()
+            );
+        }
         assert!(
             leaks.is_empty(),
             "secret scan: {} leak(s) at trace level:\n{}",
