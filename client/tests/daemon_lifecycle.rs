@@ -5,6 +5,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
+use std::time::Duration;
 
 use common::*;
 
@@ -53,9 +54,7 @@ fn stop_removes_the_socket_and_the_next_command_starts_a_new_daemon() {
     assert_eq!(v["pid"], first);
     assert!(!env.socket.exists());
     // stop returns once the daemon released its lock, the last thing it does.
-    while alive(first) {
-        std::thread::yield_now();
-    }
+    wait_gone(first, Duration::from_secs(30), "the stopped daemon");
     // Stopping again is not an error.
     let out = env.qwen(&["daemon", "stop"]);
     assert!(out.status.success());
@@ -87,9 +86,7 @@ fn stale_socket_of_a_killed_daemon_is_replaced() {
     let pid = env.daemon_pid();
     kill(pid, "KILL");
     // Reap-free wait: the daemon is not our child, so watch /proc until it is gone.
-    while alive(pid) {
-        std::thread::yield_now();
-    }
+    wait_gone(pid, Duration::from_secs(30), "the killed daemon");
     assert!(env.socket.exists(), "kill -9 leaves the socket file behind");
     let new_pid = env.daemon_pid();
     assert_ne!(pid, new_pid);
@@ -293,9 +290,7 @@ fn stop_ends_a_daemon_that_does_not_answer() {
         "{err}"
     );
     // stop returned once the lock was released: the process is on its way out.
-    while alive(pid) {
-        std::thread::yield_now();
-    }
+    wait_gone(pid, Duration::from_secs(30), "the stopped daemon");
     // SIGTERM (with SIGCONT) let it shut down cleanly: the socket is gone.
     assert!(!env.socket.exists());
     assert_ne!(env.daemon_pid(), pid);

@@ -97,16 +97,9 @@ fn run_plugin(env: &TestEnv, mut cmd: Command) {
 
 #[test]
 fn node_grpc_js_plugin_sees_status_and_events() {
-    let modules = std::env::var_os("QWEND_TEST_NODE_MODULES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/plugin-node/node_modules"));
-    if !modules.join("@grpc/grpc-js").is_dir() || Command::new("node").arg("-v").output().is_err() {
-        eprintln!(
-            "skipped: needs node and @grpc/grpc-js + @grpc/proto-loader in {} (.ci/run installs them)",
-            modules.display()
-        );
+    let Some(modules) = node_modules_with(&["@grpc/grpc-js", "@grpc/proto-loader"]) else {
         return;
-    }
+    };
     let env = TestEnv::new();
     let mut cmd = Command::new("node");
     cmd.arg(workspace().join("docs/plugins/watch.mjs"));
@@ -117,20 +110,9 @@ fn node_grpc_js_plugin_sees_status_and_events() {
 
 #[test]
 fn python_grpcio_plugin_sees_status_and_events() {
-    let python = std::env::var_os("QWEND_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/plugin-py/bin/python"));
-    let has_grpc = Command::new(&python)
-        .args(["-c", "import grpc, grpc_tools"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_grpc {
-        eprintln!(
-            "skipped: needs {} with grpcio and grpcio-tools (.ci/run installs them)",
-            python.display()
-        );
+    let Some(python) = python_with(&["grpc", "grpc_tools"]) else {
         return;
-    }
+    };
     let env = TestEnv::new();
     let mut cmd = Command::new(python);
     cmd.arg(workspace().join("docs/plugins/watch.py"));

@@ -112,16 +112,7 @@ fn the_child_gets_the_env_file_and_the_login_but_not_code_injection_keys() {
 /// sets `core.fsmonitor` ran that command on `qwen exec -- git status`.
 #[test]
 fn a_project_git_dir_cannot_make_git_run_its_fsmonitor_hook() {
-    let has_git = std::process::Command::new("git")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_git {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but git is not installed"
-        );
-        eprintln!("skipped: needs git");
+    if !require_program("git", ".ci/run's image has it; apt-get install git") {
         return;
     }
     let env = TestEnv::new();
@@ -298,30 +289,9 @@ fn ctrl_c_on_a_terminal_reaches_the_child_once() {
 
 #[test]
 fn the_official_openai_python_client_works_through_exec() {
-    let python = std::env::var_os("QWEND_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .unwrap()
-                .join("target/plugin-py/bin/python")
-        });
-    let has_openai = std::process::Command::new(&python)
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_openai {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but {} cannot import openai (.ci/run installs it)",
-            python.display()
-        );
-        eprintln!(
-            "skipped: needs {} with the openai package (.ci/run installs it)",
-            python.display()
-        );
+    let Some(python) = python_with(&["openai"]) else {
         return;
-    }
+    };
     let env = TestEnv::new();
     let mock = OpenAiMock::start();
     let proj = project(

@@ -4,6 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use tokio_stream::StreamExt;
@@ -64,9 +65,7 @@ async fn a_client_holding_a_connection_does_not_block_shutdown_forever() {
     let out = env.qwen(&["daemon", "stop"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!env.socket.exists());
-    while alive(pid) {
-        std::thread::yield_now();
-    }
+    wait_gone(pid, Duration::from_secs(30), "the stopped daemon");
 }
 
 fn workspace() -> PathBuf {
@@ -78,22 +77,9 @@ fn workspace() -> PathBuf {
 /// API, Health answers.
 #[test]
 fn stock_python_grpcio_with_default_options_lists_and_calls_health() {
-    let python = std::env::var_os("QWEND_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/plugin-py/bin/python"));
-    let usable = Command::new(&python)
-        .args(["-c", "import grpc, grpc_reflection"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !usable {
-        let msg = format!(
-            "needs {} with grpcio and grpcio-reflection (.ci/run installs them)",
-            python.display()
-        );
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
-        eprintln!("skipped: {msg}");
+    let Some(python) = python_with(&["grpc", "grpc_reflection"]) else {
         return;
-    }
+    };
     let env = TestEnv::new();
     env.status();
     let out = Command::new(&python)

@@ -52,18 +52,6 @@ fn mkfifo(path: &Path) {
     .unwrap();
 }
 
-/// Waits (bounded) for a process that is not our child to be gone.
-fn wait_gone(pid: u32, deadline: Duration) {
-    let end = Instant::now() + deadline;
-    while alive(pid) {
-        assert!(
-            Instant::now() < end,
-            "the daemon (pid {pid}) still runs {deadline:?} after it was stopped"
-        );
-        std::thread::yield_now();
-    }
-}
-
 /// Waits until `path` no longer exists, woken by inotify on its directory.
 fn wait_removed(path: &Path, deadline: Duration) {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -87,20 +75,6 @@ fn wait_removed(path: &Path, deadline: Duration) {
         let mut reader = inotify::Reader::new(&fd, &mut buf);
         while reader.next().is_ok() {}
     }
-}
-
-/// In CI (root) every check runs; a developer's unprivileged run cannot look into a
-/// non-dumpable process's /proc entries, and says so.
-fn skip_unless_root(what: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{what} needs root in CI (reading /proc of a non-dumpable process)"
-    );
-    eprintln!("skipped: {what} needs root");
-    true
 }
 
 #[test]
@@ -147,7 +121,7 @@ fn a_fifo_env_answers_at_once_and_other_projects_are_served() {
     );
     let out = output_within(env.qwen_cmd(&["daemon", "stop"]), DEADLINE);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_gone(pid, Duration::from_secs(10));
+    wait_gone(pid, Duration::from_secs(10), "the stopped daemon");
 }
 
 #[test]
@@ -164,7 +138,7 @@ fn a_fifo_oauth_creds_file_does_not_hang_status_or_stop() {
     let pid = env.daemon_pid();
     let out = output_within(env.qwen_cmd(&["daemon", "stop"]), DEADLINE);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_gone(pid, Duration::from_secs(10));
+    wait_gone(pid, Duration::from_secs(10), "the stopped daemon");
     assert!(
         env.log().contains("FIFO, not a regular file"),
         "the log names the problem:\n{}",
@@ -186,7 +160,7 @@ fn stop_ends_the_daemon_while_a_blocking_job_is_stuck() {
     // it does only after its runtime is down.
     let out = output_within(env.qwen_cmd(&["daemon", "stop"]), Duration::from_secs(15));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_gone(pid, Duration::from_secs(10));
+    wait_gone(pid, Duration::from_secs(10), "the stopped daemon");
 }
 
 #[test]
@@ -327,7 +301,9 @@ fn the_detached_daemon_keeps_no_fd_session_or_directory_of_its_caller() {
     assert_ne!(session, ours, "the daemon stayed in the caller's session");
     assert_eq!(session, pid, "the daemon leads its own session");
 
-    if skip_unless_root("checking the daemon's cwd and descriptors") {
+    // In CI (root) every check runs; a developer's unprivileged run cannot look into a
+    // non-dumpable process's /proc entries, and says so.
+    if !require_root("reading /proc of a non-dumpable process: its cwd and descriptors") {
         return;
     }
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();

@@ -27,33 +27,8 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A tool the test needs: its path, or `None` after saying it skipped (a failure in CI).
-fn require(what: &str, found: Option<PathBuf>, hint: &str) -> Option<PathBuf> {
-    if found.is_some() {
-        return found;
-    }
-    assert!(
-        std::env::var_os("CI").is_none()
-            && std::env::var_os("QWEND_REQUIRE_PROXY_CLIENTS").is_none(),
-        "CI is set but {what} is missing ({hint})"
-    );
-    eprintln!("skipped: needs {what} ({hint})");
-    None
-}
-
 fn python_with_openai() -> Option<PathBuf> {
-    let python = std::env::var_os("QWEND_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/plugin-py/bin/python"));
-    let ok = std::process::Command::new(&python)
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    require(
-        &format!("{} with the openai package", python.display()),
-        ok.then_some(python),
-        ".ci/run installs it",
-    )
+    python_with(&["openai"])
 }
 
 /// Qwen Code's `cli.js`, installed by `.ci/run` into target/qwen-code.
@@ -63,15 +38,12 @@ fn qwen_code() -> Option<PathBuf> {
         .unwrap_or_else(|| {
             workspace().join("target/qwen-code/node_modules/@qwen-code/qwen-code/cli.js")
         });
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
     require(
-        "node and the Qwen Code CLI (@qwen-code/qwen-code)",
-        (node && cli.is_file()).then_some(cli),
-        ".ci/run installs it into target/qwen-code",
+        &format!("node and the Qwen Code CLI at {}", cli.display()),
+        runs("node", "--version") && cli.is_file(),
+        ".ci/run installs @qwen-code/qwen-code into target/qwen-code",
     )
+    .then_some(cli)
 }
 
 /// Qwen OAuth selected, logged in with `access`, the API at `mock`.

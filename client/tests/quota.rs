@@ -2,6 +2,8 @@
 //! across a kill -9.
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use qwend_shared::api::quota_client::QuotaClient;
 use qwend_shared::api::{AcquirePermitRequest, ClientContext, ReportOutcomeRequest};
@@ -138,9 +140,7 @@ fn grants_survive_kill_minus_nine() {
             granted += 1;
         }
         kill(pid, "KILL");
-        while alive(pid) {
-            std::thread::yield_now();
-        }
+        wait_gone(pid, Duration::from_secs(30), "the killed daemon");
         let used = {
             start_with(&env, &[("QWEND_QUOTA_PER_MINUTE", "1000")]);
             quota_json(&env)["minute"]["used"].as_u64().unwrap()
@@ -151,9 +151,7 @@ fn grants_survive_kill_minus_nine() {
         );
         let pid = start_with(&env, &[]);
         kill(pid, "KILL");
-        while alive(pid) {
-            std::thread::yield_now();
-        }
+        wait_gone(pid, Duration::from_secs(30), "the killed daemon");
     }
 }
 

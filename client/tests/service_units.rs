@@ -32,12 +32,10 @@ fn printed_units(env: &TestEnv, flag: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: systemd-analyze is not installed");
+    if !require_program(
+        "systemd-analyze",
+        "apt-get install systemd; .ci/run installs it",
+    ) {
         return;
     }
     let env = TestEnv::new();

@@ -291,9 +291,7 @@ fn killing_the_daemon_mid_refresh_never_leaves_a_torn_file() {
         kill(pid, "KILL");
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         forcer.join().unwrap();
-        while alive(pid) {
-            std::thread::yield_now();
-        }
+        wait_gone(pid, Duration::from_secs(30), "the killed daemon");
         for file in [s.qwen_file(), s.our_file()] {
             let raw = std::fs::read_to_string(&file)
                 .unwrap_or_else(|e| panic!("round {round}: {} gone: {e}", file.display()));

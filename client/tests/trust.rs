@@ -11,18 +11,10 @@ use common::*;
 
 const NOBODY: u32 = 65534;
 
-/// Tests that need a second uid: only root can run a process as `nobody`. CI runs as root,
-/// so there a missing capability is a failure, not a skip.
-fn need_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} must run as root in CI (it runs a fake server as the user nobody)"
-    );
-    eprintln!("skipped {test}: needs root to run a fake server as the user nobody");
-    false
+/// Tests that need a second uid: only root can run a process as `nobody` (through setpriv).
+/// CI runs as root, so there a missing capability is a failure, not a skip.
+fn need_root() -> bool {
+    require_root("running a process as the user nobody") && require_program("setpriv", "util-linux")
 }
 
 /// A Python interpreter the user nobody may run (a pyenv shim under /root is not one).
@@ -150,7 +142,7 @@ fn assert_refused(out: &std::process::Output, what: &str, must_name: &[&str]) {
 
 #[test]
 fn a_socket_dir_made_by_another_user_gets_nothing() {
-    if !need_root("a_socket_dir_made_by_another_user_gets_nothing") {
+    if !need_root() {
         return;
     }
     // XDG_RUNTIME_DIR unset: the fallback is $TMPDIR/qwend-<uid>, which nobody made first.
@@ -184,7 +176,7 @@ fn a_socket_dir_made_by_another_user_gets_nothing() {
 
 #[test]
 fn a_socket_served_by_another_user_gets_nothing() {
-    if !need_root("a_socket_served_by_another_user_gets_nothing") {
+    if !need_root() {
         return;
     }
     let fake = Fake::start("nobody/qwend.sock");
@@ -510,12 +502,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// once descriptors free up.
 #[test]
 fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
-    if Command::new("prlimit").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "needs prlimit (util-linux)"
-        );
-        eprintln!("skipped: needs prlimit (util-linux)");
+    if !require_program("prlimit", "util-linux") {
         return;
     }
     let env = TestEnv::new()
@@ -585,7 +572,7 @@ async fn helper_foreign_client() {
 /// with the socket's directory and mode opened on purpose.
 #[test]
 fn the_daemon_refuses_another_uid() {
-    if !need_root("the_daemon_refuses_another_uid") {
+    if !need_root() {
         return;
     }
     let env = TestEnv::new();

@@ -28,6 +28,10 @@ pub enum TransportError {
     )]
     DirNotOwned { path: PathBuf, owner: u32, me: u32 },
     #[error(
+        "socket directory {path} is a symbolic link; refusing to use it (whoever can change the link can point it at a directory they control; remove it, or set QWEND_SOCKET to a path in a real directory)"
+    )]
+    DirIsSymlink { path: PathBuf },
+    #[error(
         "socket directory {path} has mode {mode:o}; it must not be accessible to others (expected 0700); fix with: chmod 700 {path}"
     )]
     DirTooOpen { path: PathBuf, mode: u32 },
@@ -71,6 +75,7 @@ impl TransportError {
         matches!(
             self,
             Self::DirNotOwned { .. }
+                | Self::DirIsSymlink { .. }
                 | Self::DirTooOpen { .. }
                 | Self::ParentWritable { .. }
                 | Self::ParentNotOwned { .. }
@@ -124,7 +129,8 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), TransportError> {
 /// The trust rules for the directory that holds the socket (docs/trust.md), checked by the
 /// daemon before it binds and by every client before it connects:
 /// - the directory is ours and private (no access for group or others), so nobody else can
-///   put a socket in it;
+///   put a socket in it, and it is a directory itself, not a symbolic link to one (checked
+///   with `lstat`: the link's target could be changed under us);
 /// - the directory that holds it is not writable by others unless sticky (like /tmp), and
 ///   is owned by us or root, so nobody else can rename our directory away and put theirs
 ///   in its place (an `XDG_RUNTIME_DIR` that is group- or world-writable, say).
@@ -160,6 +166,11 @@ pub fn check_socket_dir(dir: &Path) -> Result<(), TransportError> {
             });
         }
     };
+    if meta.file_type().is_symlink() {
+        return Err(TransportError::DirIsSymlink {
+            path: dir.to_path_buf(),
+        });
+    }
     if !meta.is_dir() {
         return Err(TransportError::Dir {
             path: dir.to_path_buf(),
@@ -534,6 +545,28 @@ mod tests {
         let e = ensure_private_dir(&d).unwrap_err();
         assert!(matches!(e, TransportError::DirTooOpen { .. }), "{e}");
         assert!(e.to_string().contains("chmod 700"));
+    }
+
+    #[test]
+    fn a_symlinked_dir_is_refused_even_to_a_private_target() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        ensure_private_dir(&real).unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        for e in [
+            check_socket_dir(&link).unwrap_err(),
+            ensure_private_dir(&link).unwrap_err(),
+        ] {
+            assert!(matches!(e, TransportError::DirIsSymlink { .. }), "{e}");
+            assert!(e.is_untrusted());
+        }
+        // Dangling, too: the daemon must not create the target.
+        let dangling = t.path().join("dangling");
+        std::os::unix::fs::symlink(t.path().join("nowhere"), &dangling).unwrap();
+        let e = ensure_private_dir(&dangling).unwrap_err();
+        assert!(matches!(e, TransportError::DirIsSymlink { .. }), "{e}");
+        assert!(!t.path().join("nowhere").exists());
     }
 
     #[test]

@@ -6,9 +6,12 @@
 pub mod oauth_mock;
 pub mod openai_mock;
 pub mod pty;
+pub mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 pub struct TestEnv {
     pub root: tempfile::TempDir,
@@ -17,6 +20,20 @@ pub struct TestEnv {
     pub state: PathBuf,
     /// More variables for every spawned process (and so for the daemon it starts).
     pub vars: Vec<(String, String)>,
+    /// Secrets planted by hand or by a mock, searched for when the environment is dropped.
+    planted: Mutex<Vec<secrets::Planted>>,
+    /// Output the test captured (what, text), searched too.
+    captured: Mutex<Vec<(String, String)>>,
+}
+
+/// `QWEN_LOG` for every daemon the tests start: everything at trace, for the secret scan
+/// (tests/common/secrets.rs), except the HTTP/2 and gRPC plumbing's frame-by-frame trace
+/// (which logs frame metadata, never header values or bodies): at that volume the daemon
+/// of a 1,000-caller test misses its clients' 3 s keep-alive. `QWEND_TEST_LOG` overrides.
+pub const TEST_LOG: &str = "trace,h2=debug,hyper=debug,hyper_util=debug,tower=debug,tonic=debug";
+
+pub fn log_filter() -> String {
+    std::env::var("QWEND_TEST_LOG").unwrap_or_else(|_| TEST_LOG.to_string())
 }
 
 pub fn qwen_bin() -> PathBuf {
@@ -81,6 +98,8 @@ impl TestEnv {
             home,
             root,
             vars: Vec::new(),
+            planted: Mutex::default(),
+            captured: Mutex::default(),
         }
     }
 
@@ -98,7 +117,8 @@ impl TestEnv {
             .env("QWEND_SOCKET", &self.socket)
             .env("QWEND_STATE_DIR", &self.state)
             .env("QWEND_BIN", qwend_bin())
-            .env("QWEN_LOG", "debug")
+            // The most the daemon can log, all of it searched for secrets on drop.
+            .env("QWEN_LOG", log_filter())
             // No session bus in tests: the file backend, without a keyring probe.
             .env("QWEN_CREDENTIAL_STORE", "file")
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
@@ -112,8 +132,70 @@ impl TestEnv {
         c
     }
 
+    /// Runs `qwen`; its stderr is kept for the secret scan (stdout may hold a secret on
+    /// purpose: `qwen auth token` prints one).
     pub fn qwen(&self, args: &[&str]) -> Output {
-        self.qwen_cmd(args).output().unwrap()
+        let out = self.qwen_cmd(args).output().unwrap();
+        self.capture(
+            &format!("the stderr of `qwen {}`", args.join(" ")),
+            &out.stderr,
+        );
+        out
+    }
+
+    /// Keeps `output` for the secret scan at drop, named `what` in a report.
+    pub fn capture(&self, what: &str, output: &[u8]) {
+        if !output.is_empty() {
+            self.captured
+                .lock()
+                .unwrap()
+                .push((what.to_string(), text(output)));
+        }
+    }
+
+    /// Forgets the output captured so far (a test that leaked on purpose, then cleaned up).
+    pub fn forget_captured(&self) {
+        self.captured.lock().unwrap().clear();
+    }
+
+    /// A secret this test put somewhere (or a mock handed out): its logs and captured
+    /// output must never show it. `kind` names it in a report; the value is never printed.
+    pub fn plant(&self, kind: &str, secret: &str) {
+        secrets::push(&mut self.planted.lock().unwrap(), kind, secret);
+    }
+
+    /// Every secret known now: planted ones, the variables given to every process, and
+    /// those in the test's `.env`, settings and credential files.
+    pub fn planted(&self) -> Vec<secrets::Planted> {
+        let mut all = self.planted.lock().unwrap().clone();
+        for (k, v) in &self.vars {
+            if secrets::secret_name(k) {
+                secrets::push(&mut all, "API key given in the environment", v);
+            }
+        }
+        secrets::from_files(self.root.path(), &mut all);
+        all
+    }
+
+    /// What the scan at drop would report: one line per secret found in a log under the
+    /// test's root or in captured output, each naming the kind and never the secret.
+    pub fn secret_leaks(&self) -> Vec<String> {
+        let planted = self.planted();
+        let mut leaks = Vec::new();
+        for log in secrets::logs(self.root.path()) {
+            let body =
+                String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+            let name = log.strip_prefix(self.root.path()).unwrap_or(&log);
+            leaks.extend(secrets::scan(
+                &format!("the log {}", name.display()),
+                &body,
+                &planted,
+            ));
+        }
+        for (what, body) in self.captured.lock().unwrap().iter() {
+            leaks.extend(secrets::scan(what, body, &planted));
+        }
+        leaks
     }
 
     pub fn qwend_cmd(&self, args: &[&str]) -> Command {
@@ -140,10 +222,39 @@ impl TestEnv {
 }
 
 impl Drop for TestEnv {
+    /// Stops the daemon (so its log is complete), then fails the test if a planted secret
+    /// shows up in a log or captured output. Not while the test is failing already: a
+    /// second panic would abort the run and hide the first.
     fn drop(&mut self) {
         if self.socket.exists() {
-            let _ = self.qwen(&["daemon", "stop"]);
+            let _ = self.qwen_cmd(&["daemon", "stop"]).output();
         }
+        if std::thread::panicking() {
+            return;
+        }
+        let started = Instant::now();
+        let leaks = self.secret_leaks();
+        if std::env::var_os("QWEND_TEST_SCAN_STATS").is_some() {
+            // What the scan costs, for docs: QWEND_TEST_SCAN_STATS=1 cargo test -- --nocapture
+            let bytes: u64 = secrets::logs(self.root.path())
+                .iter()
+                .filter_map(|l| std::fs::metadata(l).ok())
+                .map(|m| m.len())
+                .sum();
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "secret scan: {} secrets, {bytes} bytes of logs, {:?}",
+                self.planted().len(),
+                started.elapsed()
+            );
+        }
+        assert!(
+            leaks.is_empty(),
+            "secret scan: {} leak(s) at trace level:\n{}",
+            leaks.len(),
+            leaks.join("\n")
+        );
     }
 }
 
@@ -197,6 +308,16 @@ pub struct Setup {
     pub rt: tokio::runtime::Runtime,
     pub mock: oauth_mock::MockServer,
     pub env: TestEnv,
+}
+
+impl Drop for Setup {
+    /// Hands the mock's record of what it issued and received to the environment's secret
+    /// scan, which runs when `env` is dropped right after this.
+    fn drop(&mut self) {
+        for (kind, value) in self.mock.secrets() {
+            self.env.plant(kind, &value);
+        }
+    }
 }
 
 pub fn oauth_setup(vars: &[(&str, &str)]) -> Setup {
@@ -263,4 +384,147 @@ pub fn top_level_keys(pretty: &str) -> Vec<&str> {
         .lines()
         .filter_map(|l| l.trim().strip_prefix('"')?.split('"').next())
         .collect()
+}
+
+/// Whether a missing tool must fail the test rather than skip it: in CI (`CI` set to
+/// anything but empty, `0` or `false`, as every CI service does) or when a developer asks
+/// for it with `QWEND_REQUIRE_ALL=1`.
+pub fn must_have_everything() -> bool {
+    ["CI", "QWEND_REQUIRE_ALL"].iter().any(|k| {
+        std::env::var(k)
+            .is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"))
+    })
+}
+
+/// The one rule for a test that needs something the machine may lack: `present` says
+/// whether it is there. Missing, the test fails in CI (see [`must_have_everything`]) with
+/// `what` and how to get it, and otherwise prints one line and returns false, so the test
+/// returns without checking anything. Use as `if !require(..) { return; }`.
+pub fn require(what: &str, present: bool, hint: &str) -> bool {
+    if present {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test");
+    assert!(
+        !must_have_everything(),
+        "{test} needs {what} ({hint}); CI or QWEND_REQUIRE_ALL makes that a failure, not a skip"
+    );
+    // Straight to stderr, past the test harness's capture: a skip is seen without
+    // --nocapture, one line.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped {test}: needs {what} ({hint})");
+    false
+}
+
+/// Whether `program` runs (`program <arg>` exits 0).
+pub fn runs(program: impl AsRef<std::ffi::OsStr>, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// [`require`] for a program on PATH, checked by running `program --version`.
+pub fn require_program(program: &str, hint: &str) -> bool {
+    require(program, runs(program, "--version"), hint)
+}
+
+/// [`require`] for root (a second uid through setpriv, /proc of a non-dumpable process).
+pub fn require_root(why: &str) -> bool {
+    require(
+        &format!("root ({why})"),
+        is_root(),
+        "run the tests as root, as CI does",
+    )
+}
+
+fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("client/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// The Python that `.ci/run` installs the tests' packages into (`QWEND_TEST_PYTHON`
+/// overrides), if it can import every one of `modules`; the test fails in CI otherwise.
+pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
+    let python = std::env::var_os("QWEND_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target/plugin-py/bin/python"));
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {}", modules.join(", "))])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    require(
+        &format!(
+            "{} with the Python modules {}",
+            python.display(),
+            modules.join(", ")
+        ),
+        ok,
+        ".ci/run installs them into target/plugin-py",
+    )
+    .then_some(python)
+}
+
+/// The `node_modules` that `.ci/run` installs the tests' Node packages into
+/// (`QWEND_TEST_NODE_MODULES` overrides), if node runs and every one of `packages` is there.
+pub fn node_modules_with(packages: &[&str]) -> Option<PathBuf> {
+    let modules = std::env::var_os("QWEND_TEST_NODE_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target/plugin-node/node_modules"));
+    let ok = runs("node", "--version") && packages.iter().all(|p| modules.join(p).is_dir());
+    require(
+        &format!("node and {} in {}", packages.join(", "), modules.display()),
+        ok,
+        ".ci/run installs them into target/plugin-node",
+    )
+    .then_some(modules)
+}
+
+/// Waits until every thread of process `pid` has exited (it may be a zombie: it runs no
+/// more and holds no descriptors), at most `deadline`, and panics naming `what` after that.
+/// Works for any process, our child or not. On Linux the wait is a poll on a pidfd, which
+/// the kernel wakes when the last thread is gone; elsewhere (or without pidfds) /proc is
+/// polled until the deadline.
+pub fn wait_gone(pid: u32, deadline: Duration, what: &str) {
+    let end = Instant::now() + deadline;
+    let give_up = || -> Duration {
+        let left = end.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{what} (pid {pid}) still runs {deadline:?} after it should have ended"
+        );
+        left
+    };
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        use rustix::process::{Pid, PidfdFlags, pidfd_open};
+        let Some(raw) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+            return;
+        };
+        match pidfd_open(raw, PidfdFlags::empty()) {
+            Ok(fd) => {
+                while alive(pid) {
+                    let timeout = Timespec::try_from(give_up()).unwrap();
+                    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+                    if poll(&mut fds, Some(&timeout)).unwrap_or(0) > 0 {
+                        // Readable: the kernel says the whole thread group is gone.
+                        return;
+                    }
+                }
+                return;
+            }
+            Err(rustix::io::Errno::SRCH) => return,
+            Err(_) => {}
+        }
+    }
+    while alive(pid) {
+        give_up();
+        std::thread::yield_now();
+    }
 }
