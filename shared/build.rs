@@ -2,7 +2,9 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read when the script runs, not baked in when it is compiled: a moved checkout (or a
+    // target dir copied from another) must not point at the old place.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     let mut files = Vec::new();
     for entry in std::fs::read_dir(root.join("qwend/v1"))? {
         let path = entry?.path();
