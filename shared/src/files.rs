@@ -41,7 +41,8 @@ fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         .tempfile_in(dir)?;
     // Created 0600 already; the umask can only remove bits, but a umask like 0277 would
     // remove ours too (Qwen Code forces the mode the same way).
-    tmp.as_file().set_permissions(Permissions::from_mode(mode))?;
+    tmp.as_file()
+        .set_permissions(Permissions::from_mode(mode))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::QuotaError;
-use crate::fsread;
 use super::window::MINUTE_MS;
+use crate::fsread;
 
 pub(super) const LEDGER_FILE: &str = "ledger.jsonl";
 

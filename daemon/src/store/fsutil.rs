@@ -130,7 +130,11 @@ pub(crate) fn preserve_aside(path: &Path, clock: &dyn Clock, how: Aside) -> io::
 /// Copies `from` to `to`, which must not exist yet, as a private file.
 fn copy_new(from: &Path, to: &Path) -> io::Result<()> {
     let (mut src, _) = crate::fsread::open_regular(from)?;
-    let mut dst = OpenOptions::new().write(true).create_new(true).mode(0o600).open(to)?;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)?;
     let copied = dst
         .set_permissions(fs::Permissions::from_mode(0o600))
         .and_then(|()| io::copy(&mut src, &mut dst))

@@ -170,7 +170,11 @@ impl Drop for CredsLock {
 /// out the 35 s that make it stale.
 fn owner_id() -> String {
     match boot_id() {
-        Some(boot) => format!("{} qwend pid={} boot={boot}", Uuid::new_v4(), std::process::id()),
+        Some(boot) => format!(
+            "{} qwend pid={} boot={boot}",
+            Uuid::new_v4(),
+            std::process::id()
+        ),
         None => Uuid::new_v4().to_string(),
     }
 }
@@ -265,12 +269,20 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
-        fs::write(&path, format!("{} qwend pid={dead} boot={boot}", Uuid::new_v4())).unwrap();
+        fs::write(
+            &path,
+            format!("{} qwend pid={dead} boot={boot}", Uuid::new_v4()),
+        )
+        .unwrap();
         let lock = CredsLock::acquire(&path, &SystemClock, &quick()).unwrap();
         lock.release();
         // A live owner, another boot, or Qwen Code's bare UUID: wait for staleness.
         for content in [
-            format!("{} qwend pid={} boot={boot}", Uuid::new_v4(), std::process::id()),
+            format!(
+                "{} qwend pid={} boot={boot}",
+                Uuid::new_v4(),
+                std::process::id()
+            ),
             format!("{} qwend pid={dead} boot=other-boot", Uuid::new_v4()),
             Uuid::new_v4().to_string(),
         ] {
