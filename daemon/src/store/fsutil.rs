@@ -163,7 +163,6 @@ pub(crate) fn utc_stamp(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use std::fs::File;
-    use std::time::SystemTime;
 
     use super::*;
     use crate::clock::ManualClock;
@@ -206,28 +205,30 @@ mod tests {
     }
 
     #[test]
-    fn sweep_removes_only_old_temp_files_of_this_target() {
+    fn the_sweep_judges_age_by_the_injected_clock() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.json");
-        let old = dir.path().join("t.json.qwend-aa.tmp");
-        let young = dir.path().join("t.json.qwend-bb.tmp");
-        let other = dir.path().join("u.json.qwend-cc.tmp");
-        for f in [&old, &young, &other] {
-            fs::write(f, "x").unwrap();
-        }
-        let ten_min_ago = SystemTime::now() - std::time::Duration::from_secs(600);
-        for f in [&old, &other] {
-            File::options()
-                .write(true)
-                .open(f)
-                .unwrap()
-                .set_modified(ten_min_ago)
-                .unwrap();
-        }
-        sweep_temp_files(&p, &crate::clock::SystemClock, 60_000);
-        assert!(!old.exists());
-        assert!(young.exists() && other.exists());
-        sweep_temp_files(&p, &crate::clock::SystemClock, -1);
-        assert!(!young.exists() && other.exists());
+        let tmp = dir.path().join("t.json.qwend-aa.tmp");
+        fs::write(&tmp, "x").unwrap();
+        let written_ms = 1_700_000_000_000;
+        let written = UNIX_EPOCH + Duration::from_millis(written_ms as u64);
+        File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(written)
+            .unwrap();
+        let clock = ManualClock::new(written_ms + 59_000);
+        sweep_temp_files(&p, &*clock, 60_000);
+        assert!(tmp.exists(), "younger than a minute by the clock");
+        clock.advance_ms(2_000);
+        sweep_temp_files(&p, &*clock, 60_000);
+        assert!(!tmp.exists());
+        fs::write(&tmp, "x").unwrap();
+        sweep_temp_files(&p, &*ManualClock::new(0), -1);
+        assert!(
+            !tmp.exists(),
+            "a negative age removes whatever the clock says"
+        );
     }
 }
