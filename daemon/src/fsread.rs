@@ -140,20 +140,26 @@ pub fn read_small_text(path: &Path, limit: u64) -> io::Result<String> {
     }
 }
 
+/// A FIFO at `path`: the file that would hang a blocking open, for tests of every reader.
+#[cfg(test)]
+pub(crate) fn make_fifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn fifo(dir: &Path) -> std::path::PathBuf {
         let p = dir.join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &p,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        make_fifo(&p);
         p
     }
 
