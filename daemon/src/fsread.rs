@@ -9,7 +9,7 @@
 //! the controlling terminal), then `fstat` of the opened descriptor, and anything but a
 //! regular file is refused before one byte is read. Checking the descriptor, not the path,
 //! leaves no window for a swap between the check and the read. `O_NONBLOCK` has no effect
-//! on reads of a regular file. A file opened for writing too (the quota ledger) uses
+//! on reads of a regular file. A file opened for writing too (the quota ledger, the log) uses
 //! [`options`] and [`ensure_regular`] the same way.
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
