@@ -7,7 +7,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::fsutil::MAX_FILE_BYTES;
+// Re-exported for `store::MAX_FILE_BYTES`; the cap belongs to the file reader, which
+// reads one byte past it so that `decode` can tell a file was too large.
+pub use super::fsutil::MAX_FILE_BYTES;
 use crate::account::AccountId;
 use crate::credentials::Credentials;
 

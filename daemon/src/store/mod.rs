@@ -29,9 +29,9 @@ mod lock;
 mod persistence;
 mod qwen_creds;
 
-pub use codec::{DecodeError, QwenLayout};
+pub use codec::{DecodeError, MAX_FILE_BYTES, QwenLayout};
 pub use file::{FILE_STORE_NAME, FileStore};
-pub use fsutil::{FileStamp, MAX_FILE_BYTES};
+pub use fsutil::FileStamp;
 pub use keyring::{
     DEFAULT_SERVICE, DEFAULT_TIMEOUT, DEFAULT_USER, KeyringConfig, KeyringError, KeyringStore,
     PlatformStore,
