@@ -19,9 +19,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::QWEN_OAUTH_ACCOUNT;
-use crate::store::fsutil;
+use qwend_shared::files;
 
+/// Quota account of Qwen OAuth while no login has named its account; a named one counts
+/// on `qwen-oauth:<id>` (see [`AccountId::quota_key`]).
+pub const QWEN_OAUTH_ACCOUNT: &str = "qwen-oauth";
 /// A JWT larger than this is not looked into (real ones are a few KiB).
 const MAX_JWT_BYTES: usize = 16 * 1024;
 /// Hex digits kept of the SHA-256 of issuer and subject: 64 bits tell a user's few
@@ -178,8 +180,8 @@ impl AccountTracker {
     }
 
     fn persist(&self, id: &AccountId) -> std::io::Result<()> {
-        fsutil::ensure_private_dir(fsutil::parent_dir(&self.path), false)?;
-        fsutil::atomic_write(&self.path, format!("{id}\n").as_bytes())
+        files::ensure_private_dir(files::parent_dir(&self.path), false)?;
+        files::atomic_write(&self.path, format!("{id}\n").as_bytes())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {

@@ -16,10 +16,9 @@ pub const ENV_OAUTH_BASE_URL: &str = "QWEN_OAUTH_BASE_URL";
 pub const ENV_SYNC_QWEN_FILE: &str = "QWEND_SYNC_QWEN_FILE";
 pub const ENV_OAUTH_TIME_UNIT_MS: &str = "QWEND_OAUTH_TIME_UNIT_MS";
 
-/// Quota account of the OpenAI-compatible method (one per user).
+/// Quota account of the OpenAI-compatible method (one per user). Qwen OAuth's are the
+/// account module's (`QWEN_OAUTH_ACCOUNT`, `qwen-oauth:<id>`).
 pub const OPENAI_ACCOUNT: &str = "openai";
-/// Quota account of Qwen OAuth until logins carry an identity.
-pub const QWEN_OAUTH_ACCOUNT: &str = "qwen-oauth";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

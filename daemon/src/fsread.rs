@@ -9,9 +9,11 @@
 //! the controlling terminal), then `fstat` of the opened descriptor, and anything but a
 //! regular file is refused before one byte is read. Checking the descriptor, not the path,
 //! leaves no window for a swap between the check and the read. `O_NONBLOCK` has no effect
-//! on reads of a regular file.
+//! on reads of a regular file. A file opened for writing too (the quota ledger, the log) uses
+//! [`options`] and [`ensure_regular`] the same way.
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 /// A file that exists but is not a regular file (FIFO, socket, device, directory). The
@@ -28,22 +30,29 @@ pub struct NotRegular {
 /// directory gives `EISDIR` (callers and messages already know that one); any other
 /// non-regular file gives `InvalidInput` carrying a [`NotRegular`].
 pub fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
-    let mut opts = OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
-        opts.custom_flags(flags.bits() as i32);
-    }
-    let file = opts.open(path)?;
+    let file = options().read(true).open(path)?;
     let md = file.metadata()?;
-    let ft = md.file_type();
-    if ft.is_file() {
-        return Ok((file, md));
-    }
-    if ft.is_dir() {
+    if md.is_dir() {
         return Err(io::Error::from_raw_os_error(EISDIR));
+    }
+    ensure_regular(&file, path).map(|md| (file, md))
+}
+
+/// Options whose open cannot block (`O_NONBLOCK`) nor acquire a terminal (`O_NOCTTY`);
+/// the caller adds the access it needs, then checks the file with [`ensure_regular`].
+pub fn options() -> OpenOptions {
+    let mut opts = OpenOptions::new();
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
+    opts.custom_flags(flags.bits() as i32);
+    opts
+}
+
+/// The metadata of an opened `file` when it is a regular file; anything else (a directory
+/// too) is an `InvalidInput` error carrying a [`NotRegular`] that names `path`.
+pub fn ensure_regular(file: &File, path: &Path) -> io::Result<Metadata> {
+    let md = file.metadata()?;
+    if md.is_file() {
+        return Ok(md);
     }
     Err(io::Error::new(
         io::ErrorKind::InvalidInput,
@@ -58,25 +67,20 @@ pub fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
 const EISDIR: i32 = 21;
 
 fn kind_name(md: &Metadata) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        let ft = md.file_type();
-        if ft.is_fifo() {
-            return "FIFO";
-        }
-        if ft.is_socket() {
-            return "socket";
-        }
-        if ft.is_char_device() {
-            return "character device";
-        }
-        if ft.is_block_device() {
-            return "block device";
-        }
+    let ft = md.file_type();
+    if ft.is_dir() {
+        "directory"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else {
+        "special file"
     }
-    let _ = md;
-    "special file"
 }
 
 /// What [`read_regular`] or [`read_into`] found.
@@ -136,20 +140,26 @@ pub fn read_small_text(path: &Path, limit: u64) -> io::Result<String> {
     }
 }
 
+/// A FIFO at `path`: the file that would hang a blocking open, for tests of every reader.
+#[cfg(test)]
+pub(crate) fn make_fifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn fifo(dir: &Path) -> std::path::PathBuf {
         let p = dir.join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &p,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        make_fifo(&p);
         p
     }
 

@@ -1,11 +1,13 @@
 //! Log setup: stderr in the foreground, a 0600 file in the state dir when detached.
 //! `QWEN_LOG` (or else `RUST_LOG`) filters, with `tracing_subscriber`'s syntax.
-use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use qwend_shared::files;
 use tracing_subscriber::EnvFilter;
+
+use crate::fsread;
 
 pub const LOG_FILE: &str = "qwend.log";
 
@@ -38,24 +40,17 @@ fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
 /// be written: the daemon still serves (its jobs do not depend on logging), silently.
 pub fn to_file(state_dir: Option<&Path>) -> Option<PathBuf> {
     let dir = state_dir?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .ok()?;
+    files::ensure_private_dir(dir, false).ok()?;
     let path = dir.join(LOG_FILE);
     // Non-blocking: a FIFO in the log's place must not hang start-up (open for writing
     // blocks until a reader appears). Anything but a regular file is not a log.
-    let file = OpenOptions::new()
+    let file = fsread::options()
         .create(true)
         .append(true)
         .mode(0o600)
-        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
         .open(&path)
         .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
+    fsread::ensure_regular(&file, &path).ok()?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter())
         .with_ansi(false)
@@ -63,8 +58,6 @@ pub fn to_file(state_dir: Option<&Path>) -> Option<PathBuf> {
         .try_init();
     Some(path)
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,9 @@
 //! What `qwend` and `qwen` (and any Rust plugin) share: the generated socket API, the rules
-//! that decide where the socket lives, and the transport that connects the two safely.
+//! that decide where the socket lives, the transport that connects the two safely, and the
+//! file helpers both use to write files (atomically, privately).
 #![forbid(unsafe_code)]
 pub mod codec;
+pub mod files;
 pub mod paths;
 pub mod transport;
 

@@ -10,7 +10,7 @@ compile_error!(
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
@@ -109,11 +109,8 @@ pub fn current_uid() -> u32 {
 /// Create (0700) or validate the directory that holds the socket. A directory that another
 /// user owns, or that others can enter, could let them replace our socket: refuse it.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), TransportError> {
-    match fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
+    // Not tightened: a directory that others can enter is refused below, not silently fixed.
+    match crate::files::ensure_private_dir(dir, false) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => {

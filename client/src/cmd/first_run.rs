@@ -1,12 +1,12 @@
 //! First run on a terminal with nothing configured: Qwen Code's `/auth` choice. Qwen OAuth
 //! goes to the device login; an API key is asked for (hidden), saved in `~/.qwen/.env`
 //! (0600, other lines kept) and the method switched to openai for every client.
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use qwend_shared::api::auth_client::AuthClient;
 use qwend_shared::api::{AuthType, ClientContext, SwitchAuthRequest};
+use qwend_shared::files;
 use tonic::transport::Channel;
 
 use crate::cli::Method;
@@ -148,31 +148,15 @@ mod echo {
 /// the same keys are removed; a multi-line one is left alone (dotenv's last duplicate wins,
 /// so the appended value applies either way).
 pub fn save_env(path: &Path, vars: &[(&str, &str)]) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let old = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
     };
     let new = upsert(&old, vars)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".env.qwen-tmp-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    let res = f
-        .write_all(new.as_bytes())
-        .and_then(|()| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    std::fs::create_dir_all(files::parent_dir(path))?;
+    // The key is a secret: the file ends up 0600 whatever it was.
+    files::atomic_write(path, new.as_bytes())
 }
 
 fn upsert(old: &str, vars: &[(&str, &str)]) -> std::io::Result<String> {

@@ -23,18 +23,21 @@
 //! are written and `fdatasync`ed together, and a grant is returned only once its record is
 //! durable. Keeping the fsync off the callers' threads and outside the quota lock means one slow
 //! disk flush delays the grants in that batch, not every decision.
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
 
+use qwend_shared::files;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::QuotaError;
 use super::window::MINUTE_MS;
+use crate::fsread;
 
 pub(super) const LEDGER_FILE: &str = "ledger.jsonl";
 
@@ -217,15 +220,7 @@ impl Ledger {
         now: i64,
         threshold: u64,
     ) -> Result<(Self, Vec<Record>, Vec<LedgerWarning>), QuotaError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(at(dir))?;
-        let dir_mode = fs::metadata(dir).map_err(at(dir))?.permissions().mode();
-        if dir_mode & 0o077 != 0 {
-            fs::set_permissions(dir, Permissions::from_mode(dir_mode & 0o700)).map_err(at(dir))?;
-        }
+        files::ensure_private_dir(dir, true).map_err(at(dir))?;
         // Compaction replaces the file by rename, so the dir itself must be writable.
         rustix::fs::access(
             dir,
@@ -233,15 +228,18 @@ impl Ledger {
         )
         .map_err(|e| at(dir)(e.into()))?;
         let path = dir.join(LEDGER_FILE);
-        let mut file = OpenOptions::new()
+        // A compaction killed mid-write left its temp file; one younger than this may be
+        // another ledger's on the same dir (tests), still being written.
+        let cutoff = SystemTime::now().checked_sub(Duration::from_secs(60));
+        files::sweep_temp_files(&path, cutoff);
+        let mut file = fsread::options()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
-            .custom_flags(nonblock())
             .open(&path)
             .map_err(at(&path))?;
-        regular(&file).map_err(at(&path))?;
+        fsread::ensure_regular(&file, &path).map_err(at(&path))?;
         file.set_permissions(Permissions::from_mode(0o600))
             .map_err(at(&path))?;
         let mut bytes = Vec::new();
@@ -282,16 +280,12 @@ impl Ledger {
         now: i64,
     ) -> Result<(Vec<Record>, Vec<LedgerWarning>), QuotaError> {
         let path = dir.join(LEDGER_FILE);
-        let mut file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(nonblock())
-            .open(&path)
-        {
+        let mut file = match fsread::options().read(true).open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
             Err(e) => return Err(at(&path)(e)),
         };
-        regular(&file).map_err(at(&path))?;
+        fsread::ensure_regular(&file, &path).map_err(at(&path))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(at(&path))?;
         Ok(parse(&bytes, now))
@@ -379,35 +373,6 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> QuotaError + use<> {
     move |source| QuotaError::Io { path, source }
 }
 
-/// A FIFO opened without it blocks until a writer appears; with it, the type check below
-/// refuses the file instead. No effect on regular files.
-fn nonblock() -> i32 {
-    rustix::fs::OFlags::NONBLOCK.bits() as i32
-}
-
-fn regular(file: &File) -> io::Result<()> {
-    let ft = file.metadata()?.file_type();
-    if ft.is_file() {
-        return Ok(());
-    }
-    use std::os::unix::fs::FileTypeExt;
-    let what = if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_dir() {
-        "a directory"
-    } else if ft.is_socket() {
-        "a socket"
-    } else if ft.is_char_device() || ft.is_block_device() {
-        "a device"
-    } else {
-        "a special file"
-    };
-    Err(io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("{what}, not a regular file; refused"),
-    ))
-}
-
 fn outcome(p: &Progress, seq: u64) -> Result<(), QuotaError> {
     if p.durable >= seq {
         return Ok(());
@@ -490,22 +455,7 @@ fn write_loop(shared: &Shared, mut file: File, path: &Path) {
 
 /// Atomic replacement: a crash leaves either the old ledger or the new one, never a mix.
 fn rewrite(path: &Path, content: &[u8]) -> io::Result<File> {
-    let tmp = path.with_extension("jsonl.tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.set_permissions(Permissions::from_mode(0o600))?;
-    f.write_all(content)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        // The rename is only durable once the directory entry is.
-        File::open(dir)?.sync_all()?;
-    }
+    files::atomic_write(path, content)?;
     OpenOptions::new().append(true).open(path)
 }
 

@@ -1017,14 +1017,7 @@ fn a_ledger_that_is_not_a_regular_file_is_refused_without_hanging() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(ledger::LEDGER_FILE);
         match kind {
-            "fifo" => rustix::fs::mknodat(
-                rustix::fs::CWD,
-                &path,
-                rustix::fs::FileType::Fifo,
-                rustix::fs::Mode::from_raw_mode(0o600),
-                0,
-            )
-            .unwrap(),
+            "fifo" => crate::fsread::make_fifo(&path),
             _ => std::fs::create_dir(&path).unwrap(),
         }
         let (q, warnings) =

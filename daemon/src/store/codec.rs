@@ -7,11 +7,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::Value;
 
+// Re-exported for `store::MAX_FILE_BYTES`; the cap belongs to the file reader, which
+// reads one byte past it so that `decode` can tell a file was too large.
+pub use super::fsutil::MAX_FILE_BYTES;
 use crate::account::AccountId;
 use crate::credentials::Credentials;
-
-/// Anything bigger is not a credential file; refusing it bounds memory on a bad path.
-pub const MAX_FILE_BYTES: usize = 1 << 20;
 
 /// Why stored bytes are not usable credentials. Never carries any of the bytes: a
 /// truncated file may well hold half a token.

@@ -127,7 +127,6 @@ mod tests {
         FileStore::new(dir, Arc::new(SystemClock))
     }
 
-    #[cfg(unix)]
     fn mode_of(p: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt;
         fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -143,17 +142,13 @@ mod tests {
         assert_eq!(s.load().unwrap(), Some(creds(1)));
         s.save(&creds(2)).unwrap();
         assert_eq!(s.load().unwrap(), Some(creds(2)));
-        #[cfg(unix)]
-        {
-            assert_eq!(mode_of(s.path()), 0o600);
-            assert_eq!(mode_of(&dir), 0o700);
-        }
+        assert_eq!(mode_of(s.path()), 0o600);
+        assert_eq!(mode_of(&dir), 0o700);
         assert_eq!(s.clear().unwrap(), Removal::Removed);
         assert_eq!(s.clear().unwrap(), Removal::NotPresent);
         assert_eq!(s.load().unwrap(), None);
     }
 
-    #[cfg(unix)]
     #[test]
     fn an_existing_open_directory_is_narrowed() {
         use std::os::unix::fs::PermissionsExt;
@@ -248,7 +243,6 @@ mod tests {
         }
     }
 
-    #[cfg(unix)]
     fn crash_loop(target: &str, file_name: &str) {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
@@ -305,13 +299,11 @@ mod tests {
         }
     }
 
-    #[cfg(unix)]
     #[test]
     fn crash_safety_of_our_file() {
         crash_loop("file", FILE_STORE_NAME);
     }
 
-    #[cfg(unix)]
     #[test]
     fn crash_safety_of_the_qwen_code_file() {
         crash_loop("qwen", super::super::QWEN_CREDS_FILE);

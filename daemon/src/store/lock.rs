@@ -7,7 +7,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::fsutil::{mtime_ms, uuid_v4};
+use uuid::Uuid;
+
+use super::fsutil::mtime_ms;
 use crate::clock::Clock;
 
 /// Qwen Code's `LOCK_TIMEOUT_MS`.
@@ -168,8 +170,12 @@ impl Drop for CredsLock {
 /// out the 35 s that make it stale.
 fn owner_id() -> String {
     match boot_id() {
-        Some(boot) => format!("{} qwend pid={} boot={boot}", uuid_v4(), std::process::id()),
-        None => uuid_v4(),
+        Some(boot) => format!(
+            "{} qwend pid={} boot={boot}",
+            Uuid::new_v4(),
+            std::process::id()
+        ),
+        None => Uuid::new_v4().to_string(),
     }
 }
 
@@ -221,7 +227,7 @@ fn owner_is_gone(path: &Path) -> bool {
 /// same lock stale only one removes it (and not a fresh lock created in between).
 fn remove_stale(path: &Path) -> bool {
     let mut name = path.as_os_str().to_owned();
-    name.push(format!(".stale.{}", uuid_v4()));
+    name.push(format!(".stale.{}", Uuid::new_v4()));
     let grave = PathBuf::from(name);
     if fs::rename(path, &grave).is_err() {
         return false;
@@ -263,14 +269,22 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
-        fs::write(&path, format!("{} qwend pid={dead} boot={boot}", uuid_v4())).unwrap();
+        fs::write(
+            &path,
+            format!("{} qwend pid={dead} boot={boot}", Uuid::new_v4()),
+        )
+        .unwrap();
         let lock = CredsLock::acquire(&path, &SystemClock, &quick()).unwrap();
         lock.release();
         // A live owner, another boot, or Qwen Code's bare UUID: wait for staleness.
         for content in [
-            format!("{} qwend pid={} boot={boot}", uuid_v4(), std::process::id()),
-            format!("{} qwend pid={dead} boot=other-boot", uuid_v4()),
-            uuid_v4(),
+            format!(
+                "{} qwend pid={} boot={boot}",
+                Uuid::new_v4(),
+                std::process::id()
+            ),
+            format!("{} qwend pid={dead} boot=other-boot", Uuid::new_v4()),
+            Uuid::new_v4().to_string(),
         ] {
             fs::write(&path, &content).unwrap();
             assert!(
