@@ -25,7 +25,7 @@ pub async fn existing(socket: &Path) -> Result<Option<Channel>, ClientError> {
 /// Connect, starting the daemon first when none answers.
 pub async fn ensure(socket: &Path) -> Result<Channel, ClientError> {
     if let Some(ch) = existing(socket).await? {
-        crate::cmd::daemon::check_settings(&ch);
+        crate::start_settings::check(&ch);
         return Ok(ch);
     }
     let start_error = start(socket).err();

@@ -2,10 +2,8 @@
 //! on a terminal, offer Qwen Code's `/auth` choice; without one, never start a browser
 //! login and say exactly what to set (Qwen Code's non-interactive rule).
 use qwend_shared::api::auth_client::AuthClient;
-use qwend_shared::api::env_client::EnvClient;
 use qwend_shared::api::{
     AuthStatusRequest, AuthType, ClientContext, CredentialsReply, GetCredentialsRequest,
-    ResolveEnvRequest,
 };
 use tonic::transport::Channel;
 
@@ -40,7 +38,7 @@ pub async fn obtain(
     match fetch(channel, ctx, model, None).await {
         Ok(c) => Ok(c),
         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-            if !term::interactive() {
+            if !term::can_ask() {
                 return Err(ClientError::AuthNeeded(
                     explain(channel, ctx, s.message(), true).await,
                 ));
@@ -101,28 +99,11 @@ async fn openai_key_here(channel: &Channel, ctx: &ClientContext) -> bool {
     if let Some(v) = ctx.env.get("OPENAI_API_KEY") {
         return !v.is_empty();
     }
-    let req = ResolveEnvRequest {
-        cwd: ctx.cwd.clone(),
-        env: ctx.env.clone(),
-    };
-    EnvClient::new(channel.clone())
-        .resolve_env(req)
+    crate::context::resolve_env(channel, ctx)
         .await
         .is_ok_and(|r| {
-            r.into_inner()
-                .vars
+            r.vars
                 .iter()
                 .any(|v| v.key == "OPENAI_API_KEY" && !v.value.is_empty())
         })
-}
-
-/// After an HTTP 401: ask for a token other than the refused one (the daemon refreshes
-/// once for every client that saw the same 401).
-pub async fn replace(
-    channel: &Channel,
-    ctx: &ClientContext,
-    model: Option<&str>,
-    rejected: &str,
-) -> Result<CredentialsReply, ClientError> {
-    Ok(fetch(channel, ctx, model, Some(rejected.to_string())).await?)
 }

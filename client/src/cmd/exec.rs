@@ -4,18 +4,16 @@
 //! forwards signals and exits with CMD's status (128+N when a signal N killed it).
 use std::process::ExitCode;
 
-use qwend_shared::api::AuthType;
-use qwend_shared::api::ResolveEnvRequest;
-use qwend_shared::api::env_client::EnvClient;
+use qwend_shared::api::{AuthType, ClientContext};
 
 use crate::cli::ExecArgs;
-use crate::connect;
 use crate::error::ClientError;
 use crate::term;
 use crate::unsafe_env;
+use crate::{connect, context};
 
 pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
-    let cwd = super::env::absolute_cwd(args.cwd.as_deref())?;
+    let cwd = context::absolute_cwd(args.cwd.as_deref())?;
     if !cwd.is_dir() {
         return Err(ClientError::Usage(format!(
             "{} is not a directory",
@@ -23,15 +21,11 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
         )));
     }
     let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
-    let mut ctx = super::env::context()?;
-    ctx.cwd = cwd.to_string_lossy().into_owned();
-    let resolved = EnvClient::new(channel.clone())
-        .resolve_env(ResolveEnvRequest {
-            cwd: ctx.cwd.clone(),
-            env: ctx.env.clone(),
-        })
-        .await?
-        .into_inner();
+    let ctx = ClientContext {
+        cwd: cwd.to_string_lossy().into_owned(),
+        env: context::client_env(),
+    };
+    let resolved = context::resolve_env(&channel, &ctx).await?;
     for w in &resolved.warnings {
         term::warn(w);
     }
@@ -45,7 +39,7 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
         false => (creds, None),
     };
     drop(channel);
-    super::daemon::settings_checked().await;
+    crate::start_settings::settings_checked().await;
 
     let trusted = unsafe_env::trusted_files(ctx.env.get("HOME").map(String::as_str));
     let (vars, dropped) = unsafe_env::split(resolved.vars, args.allow_unsafe_env, &trusted);

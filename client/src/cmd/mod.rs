@@ -14,7 +14,6 @@ mod first_run;
 mod install;
 pub mod login;
 mod menu;
-mod permit;
 mod prompt;
 mod proxy;
 mod quota;

@@ -13,7 +13,7 @@ pub async fn fetch() -> Result<QuotaStatus, ClientError> {
     let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
     Ok(QuotaClient::new(channel)
         .get_quota(GetQuotaRequest {
-            client: Some(super::env::context()?),
+            client: Some(crate::context::current()?),
         })
         .await?
         .into_inner())
@@ -42,7 +42,7 @@ async fn reset(account: Option<String>) -> Result<QuotaStatus, ClientError> {
     let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
     Ok(QuotaClient::new(channel)
         .reset_quota(ResetQuotaRequest {
-            client: Some(super::env::context()?),
+            client: Some(crate::context::current()?),
             account,
         })
         .await?
