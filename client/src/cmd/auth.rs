@@ -151,6 +151,18 @@ fn status_json(st: &AuthStatus, quota: Option<serde_json::Value>) -> serde_json:
     v
 }
 
+/// `logged in  yes (token expires …)`, as `qwen auth status` and the session's `/status`
+/// show it.
+pub(super) fn logged_in_line(st: &AuthStatus) -> String {
+    let expiry = st
+        .expires_at_ms
+        .and_then(crate::term::rfc3339)
+        .map(|t| format!(" (token expires {t})"))
+        .unwrap_or_default();
+    let yes = if st.logged_in { "yes" } else { "no" };
+    format!("logged in  {yes}{expiry}")
+}
+
 async fn print_status(st: &AuthStatus, as_json: bool) -> Result<(), ClientError> {
     let quota = super::quota::fetch().await.ok();
     // The quota's own troubles (an unwritable ledger) belong with the other warnings.
@@ -177,15 +189,7 @@ async fn print_status(st: &AuthStatus, as_json: bool) -> Result<(), ClientError>
         }
         Some(name) => {
             println!("method     {name}");
-            let expiry = st
-                .expires_at_ms
-                .and_then(crate::term::rfc3339)
-                .map(|t| format!(" (token expires {t})"))
-                .unwrap_or_default();
-            println!(
-                "logged in  {}{expiry}",
-                if st.logged_in { "yes" } else { "no" }
-            );
+            println!("{}", logged_in_line(st));
             if let Some(s) = &st.store {
                 println!("store      {s}");
             }

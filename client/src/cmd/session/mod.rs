@@ -6,11 +6,8 @@
 use std::process::ExitCode;
 
 use qwend_shared::api::auth_client::AuthClient;
-use qwend_shared::api::{
-    AuthStatus, AuthStatusRequest, AuthType, ClientContext, CredentialsReply, SwitchAuthRequest,
-};
+use qwend_shared::api::{AuthStatus, AuthType, SwitchAuthRequest};
 use tokio::signal::unix::{SignalKind, signal};
-use tonic::transport::Channel;
 
 use crate::chat::{self, Message};
 use crate::cli::PromptArgs;
@@ -22,9 +19,11 @@ use crate::term;
 
 mod editor;
 mod events;
+mod link;
 
 use editor::{Editor, Read};
 use events::Known;
+use link::Link;
 
 pub const PROMPT: &str = "qwen> ";
 
@@ -118,111 +117,6 @@ struct Session {
     no_wait: bool,
     messages: Vec<Message>,
     editor: Editor,
-}
-
-/// The session's connection to the daemon, started again when the daemon went away, and
-/// what the session knows of the daemon's state.
-struct Link {
-    channel: Channel,
-    ctx: ClientContext,
-    /// `/model NAME` (or `--model`): this session only.
-    model: Option<String>,
-    known: Known,
-    notices: editor::Notices,
-    events: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Link {
-    /// (Re)subscribe to the daemon's events when not subscribed (first time, or the
-    /// daemon restarted).
-    async fn watch(&mut self) {
-        if self.events.as_ref().is_some_and(|h| !h.is_finished()) {
-            return;
-        }
-        match events::watch(
-            self.channel.clone(),
-            self.known.clone(),
-            self.notices.clone(),
-        )
-        .await
-        {
-            Ok(h) => self.events = Some(h),
-            Err(e) => term::warn(&format!(
-                "changes made by other clients will not be announced: {}",
-                e.message()
-            )),
-        }
-    }
-
-    /// A daemon that went away (stopped, idle timeout) is started again.
-    async fn reconnect(&mut self) -> Result<(), ClientError> {
-        self.channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
-        self.events = None;
-        self.watch().await;
-        Ok(())
-    }
-
-    /// `call` on the connection; when the daemon is gone, once more after starting it.
-    /// The outer error: it could not be started.
-    async fn call<T>(
-        &mut self,
-        call: impl AsyncFn(&Channel, &ClientContext) -> Result<T, tonic::Status>,
-    ) -> Result<Result<T, tonic::Status>, ClientError> {
-        match call(&self.channel, &self.ctx).await {
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                self.reconnect().await?;
-                Ok(call(&self.channel, &self.ctx).await)
-            }
-            other => Ok(other),
-        }
-    }
-
-    async fn status(&mut self) -> Result<AuthStatus, ClientError> {
-        let st = self
-            .call(async |ch, ctx| {
-                let req = AuthStatusRequest {
-                    client: Some(ctx.clone()),
-                };
-                AuthClient::new(ch.clone()).get_auth_status(req).await
-            })
-            .await??
-            .into_inner();
-        self.known.set_method(Some(st.auth_type()));
-        Ok(st)
-    }
-
-    async fn credentials(
-        &mut self,
-        rejected: Option<&str>,
-    ) -> Result<CredentialsReply, ClientError> {
-        let model = self.model.clone();
-        let r = self
-            .call(async |ch, ctx| {
-                let rejected = rejected.map(str::to_string);
-                super::credentials::fetch(ch, ctx, model.as_deref(), rejected).await
-            })
-            .await?;
-        r.map_err(|s| match s.code() {
-            tonic::Code::FailedPrecondition => {
-                ClientError::AuthNeeded(format!("{} (/auth to set up)", s.message()))
-            }
-            _ => s.into(),
-        })
-    }
-}
-
-impl exchange::Daemon for Link {
-    fn channel(&self) -> &Channel {
-        &self.channel
-    }
-
-    fn ctx(&self) -> &ClientContext {
-        &self.ctx
-    }
-
-    async fn replace(&mut self, rejected: &str) -> Result<CredentialsReply, ClientError> {
-        self.credentials(Some(rejected)).await
-    }
 }
 
 const HINTS: exchange::Hints = exchange::Hints {
@@ -500,15 +394,7 @@ impl Session {
             return Ok(());
         };
         println!("method     {method}");
-        let expiry = st
-            .expires_at_ms
-            .and_then(term::rfc3339)
-            .map(|t| format!(" (token expires {t})"))
-            .unwrap_or_default();
-        println!(
-            "logged in  {}{expiry}",
-            if st.logged_in { "yes" } else { "no" }
-        );
+        println!("{}", super::auth::logged_in_line(&st));
         match (&self.link.model, &st.model) {
             (Some(m), _) => println!("model      {m} (this session)"),
             (None, Some(m)) => println!("model      {m}"),
