@@ -22,6 +22,12 @@ pub async fn existing(socket: &Path) -> Result<Option<Channel>, ClientError> {
     }
 }
 
+/// The daemon of this user (at [`paths::socket_path`]), started when none answers: what
+/// every command that needs the daemon calls.
+pub async fn daemon() -> Result<Channel, ClientError> {
+    ensure(&paths::socket_path()).await
+}
+
 /// Connect, starting the daemon first when none answers.
 pub async fn ensure(socket: &Path) -> Result<Channel, ClientError> {
     if let Some(ch) = existing(socket).await? {

@@ -20,7 +20,7 @@ pub async fn run(action: AuthAction, as_json: bool) -> Result<ExitCode, ClientEr
             super::login::NON_INTERACTIVE_HELP.to_string(),
         ));
     }
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     let mut client = AuthClient::new(channel.clone());
     let ctx = crate::context::current()?;
     match action {

@@ -19,7 +19,7 @@ pub async fn run(args: EnvArgs, as_json: bool) -> Result<ExitCode, ClientError> 
             .into_owned(),
         env: context::client_env(),
     };
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     let resp = context::resolve_env(&channel, &ctx).await?;
     let mut out = std::io::stdout().lock();
     let res = if as_json {

@@ -20,7 +20,7 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
             cwd.display()
         )));
     }
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     let ctx = ClientContext {
         cwd: cwd.to_string_lossy().into_owned(),
         env: context::client_env(),

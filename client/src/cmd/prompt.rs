@@ -21,7 +21,7 @@ pub async fn run(args: PromptArgs, as_json: bool) -> Result<ExitCode, ClientErro
     let Some(prompt) = collect_prompt(&args)? else {
         return no_prompt().await;
     };
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     let ctx = context::current()?;
     let creds = super::credentials::obtain(&channel, &ctx, args.model.as_deref()).await?;
     let http = chat::client().map_err(|e| ClientError::Upstream(e.to_string()))?;
@@ -249,7 +249,7 @@ fn near_miss_distance(name: &str) -> usize {
 /// Code's first run), else show the help.
 async fn no_prompt() -> Result<ExitCode, ClientError> {
     use clap::CommandFactory;
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     let ctx = context::current()?;
     match super::credentials::fetch(&channel, &ctx, None, None).await {
         Err(s) if s.code() == tonic::Code::FailedPrecondition => {

@@ -10,7 +10,7 @@ use crate::connect;
 use crate::error::ClientError;
 
 pub async fn fetch() -> Result<QuotaStatus, ClientError> {
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     Ok(QuotaClient::new(channel)
         .get_quota(GetQuotaRequest {
             client: Some(crate::context::current()?),
@@ -39,7 +39,7 @@ pub async fn run(action: Option<QuotaAction>, as_json: bool) -> Result<ExitCode,
 }
 
 async fn reset(account: Option<String>) -> Result<QuotaStatus, ClientError> {
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     Ok(QuotaClient::new(channel)
         .reset_quota(ResetQuotaRequest {
             client: Some(crate::context::current()?),

@@ -9,7 +9,7 @@ use crate::connect;
 use crate::error::ClientError;
 
 pub async fn run(as_json: bool) -> Result<ExitCode, ClientError> {
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     let ctx = crate::context::current()?;
     let creds = match super::credentials::fetch(&channel, &ctx, None, None).await {
         Ok(c) => c,

@@ -45,7 +45,7 @@ impl Link {
 
     /// A daemon that went away (stopped, idle timeout) is started again.
     async fn reconnect(&mut self) -> Result<(), ClientError> {
-        self.channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+        self.channel = connect::daemon().await?;
         self.events = None;
         self.watch().await;
         Ok(())

@@ -40,7 +40,7 @@ pub async fn run(args: PromptArgs) -> Result<ExitCode, ClientError> {
                 .into(),
         ));
     }
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     let editor = Editor::new(editor::history_path())?;
     // Installs the SIGINT handler for the process: from now on Ctrl-C outside the line
     // editor cancels what runs (an answer, a quota wait) instead of killing the session.
