@@ -12,10 +12,15 @@ use crate::error::ClientError;
 
 /// This process as the daemon sees it: the current directory and the environment.
 pub fn current() -> Result<ClientContext, ClientError> {
-    Ok(ClientContext {
-        cwd: absolute_cwd(None)?.to_string_lossy().into_owned(),
+    Ok(at(&absolute_cwd(None)?))
+}
+
+/// This process's environment, working in `dir` (absolute): `--cwd`.
+pub fn at(dir: &Path) -> ClientContext {
+    ClientContext {
+        cwd: dir.to_string_lossy().into_owned(),
         env: client_env(),
-    })
+    }
 }
 
 /// A relative `--cwd` is taken relative to where `qwen` runs, like any path argument.
@@ -33,7 +38,7 @@ pub fn absolute_cwd(arg: Option<&Path>) -> Result<PathBuf, ClientError> {
 
 /// Our environment for the daemon. Names or values that are not UTF-8 cannot travel in the
 /// protocol; their keys still count as present (so the file never overrides them).
-pub fn client_env() -> HashMap<String, String> {
+fn client_env() -> HashMap<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
         .collect()

@@ -116,7 +116,7 @@ async fn pick() -> Result<Method, ClientError> {
 }
 
 /// Why the selected method cannot authenticate here, and the next step; `None` when it can.
-pub(crate) fn unusable_reason(st: &AuthStatus) -> Option<String> {
+fn unusable_reason(st: &AuthStatus) -> Option<String> {
     match st.auth_type() {
         AuthType::Unspecified => Some(
             "no auth method is selected, and none can be inferred (no OPENAI_API_KEY in the environment or the .env for this folder): run `qwen auth login`, or set OPENAI_API_KEY".into(),

@@ -11,7 +11,7 @@ use crate::error::ClientError;
 use crate::term;
 
 /// What a script must set: the variables and the places they are read from.
-pub const NON_INTERACTIVE_HINT: &str = "without a terminal qwen never starts a browser login: set OPENAI_API_KEY (optionally OPENAI_BASE_URL and OPENAI_MODEL) in the environment or in a .env file (.qwen/.env in the project, or ~/.qwen/.env), or log in once on a terminal with `qwen auth login`";
+const NON_INTERACTIVE_HINT: &str = "without a terminal qwen never starts a browser login: set OPENAI_API_KEY (optionally OPENAI_BASE_URL and OPENAI_MODEL) in the environment or in a .env file (.qwen/.env in the project, or ~/.qwen/.env), or log in once on a terminal with `qwen auth login`";
 
 pub async fn fetch(
     channel: &Channel,

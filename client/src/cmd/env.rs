@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use qwend_shared::api::skipped_var::Reason;
-use qwend_shared::api::{ClientContext, EnvVar, ResolveEnvResponse};
+use qwend_shared::api::{EnvVar, ResolveEnvResponse};
 use serde_json::{Map, Value, json};
 
 use crate::cli::EnvArgs;
@@ -13,12 +13,7 @@ use crate::{connect, context};
 use crate::{term, unsafe_env};
 
 pub async fn run(args: EnvArgs, as_json: bool) -> Result<ExitCode, ClientError> {
-    let ctx = ClientContext {
-        cwd: context::absolute_cwd(args.cwd.as_deref())?
-            .to_string_lossy()
-            .into_owned(),
-        env: context::client_env(),
-    };
+    let ctx = context::at(&context::absolute_cwd(args.cwd.as_deref())?);
     let channel = connect::daemon().await?;
     let resp = context::resolve_env(&channel, &ctx).await?;
     let mut out = std::io::stdout().lock();

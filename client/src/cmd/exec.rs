@@ -4,7 +4,7 @@
 //! forwards signals and exits with CMD's status (128+N when a signal N killed it).
 use std::process::ExitCode;
 
-use qwend_shared::api::{AuthType, ClientContext};
+use qwend_shared::api::AuthType;
 
 use crate::cli::ExecArgs;
 use crate::error::ClientError;
@@ -21,10 +21,7 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
         )));
     }
     let channel = connect::daemon().await?;
-    let ctx = ClientContext {
-        cwd: cwd.to_string_lossy().into_owned(),
-        env: context::client_env(),
-    };
+    let ctx = context::at(&cwd);
     let resolved = context::resolve_env(&channel, &ctx).await?;
     for w in &resolved.warnings {
         term::warn(w);

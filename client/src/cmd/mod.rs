@@ -12,7 +12,7 @@ mod env;
 mod exec;
 mod first_run;
 mod install;
-pub mod login;
+mod login;
 mod menu;
 mod prompt;
 mod proxy;

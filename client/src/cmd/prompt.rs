@@ -197,7 +197,7 @@ const ALIASES: [(&str, &str); 3] = [
 ];
 
 /// The command a word most likely meant, if it is one.
-pub(crate) fn typed_command(word: &str) -> Option<String> {
+fn typed_command(word: &str) -> Option<String> {
     use clap::CommandFactory;
     if word.len() < 2 || !word.chars().all(|c| c.is_ascii_alphabetic() || c == '-') {
         return None;
