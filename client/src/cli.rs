@@ -3,6 +3,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::method::Method;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "qwen",
@@ -216,12 +218,4 @@ pub enum AuthAction {
     },
     /// Print the current bearer token and nothing else (for scripts).
     Token,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Method {
-    #[value(name = "qwen-oauth")]
-    QwenOauth,
-    #[value(name = "openai")]
-    Openai,
 }

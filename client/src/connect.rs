@@ -22,10 +22,16 @@ pub async fn existing(socket: &Path) -> Result<Option<Channel>, ClientError> {
     }
 }
 
+/// The daemon of this user (at [`paths::socket_path`]), started when none answers: what
+/// every command that needs the daemon calls.
+pub async fn daemon() -> Result<Channel, ClientError> {
+    ensure(&paths::socket_path()).await
+}
+
 /// Connect, starting the daemon first when none answers.
 pub async fn ensure(socket: &Path) -> Result<Channel, ClientError> {
     if let Some(ch) = existing(socket).await? {
-        crate::cmd::daemon::check_settings(&ch);
+        crate::start_settings::check(&ch);
         return Ok(ch);
     }
     let start_error = start(socket).err();

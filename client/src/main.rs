@@ -8,8 +8,13 @@ mod chat;
 mod cli;
 mod cmd;
 mod connect;
+mod context;
 mod error;
+mod exchange;
+mod method;
+mod permit;
 mod sse;
+mod start_settings;
 mod term;
 mod unsafe_env;
 

@@ -5,9 +5,16 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// A human can answer questions: stdin and stderr (where questions go) are terminals.
-pub fn interactive() -> bool {
+/// A question can be asked: stdin and stderr (where questions go) are terminals. For the
+/// prompts of a set-up (the first-run menu, the key).
+pub fn can_ask() -> bool {
     std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// stdin and stdout are terminals: someone reads what is printed and can act on it (a
+/// device login shows its link and QR code there; a chat session its answers).
+pub fn on_terminal() -> bool {
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
 }
 
 /// https://no-color.org: any non-empty value turns colour off.
@@ -42,6 +49,14 @@ pub fn warn(text: &str) {
     } else {
         eprintln!("qwen: warning: {text}");
     }
+}
+
+/// A time from the daemon (ms since the epoch) as RFC 3339; `None` when out of range.
+pub fn rfc3339(ms: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 /// "41s", "2m 05s", "3h 10m".

@@ -405,6 +405,48 @@ fn errors_are_one_line_and_slash_commands_complete_on_tab() {
     assert_eq!(mock.requests()[1].body["model"], "m-two");
 }
 
+/// The session retries as `qwen -p` does (one implementation): a refused key once, and a
+/// key whose quota the provider says is used up is named as such, not retried.
+#[test]
+fn a_refused_key_is_retried_once_and_a_used_up_key_is_named_as_in_prompt_mode() {
+    let env = TestEnv::new();
+    let mock = OpenAiMock::start();
+    let refused = r#"{"error":{"message":"bad key"}}"#;
+    mock.push(Reply::status(401, &[], refused));
+    mock.push(Reply::status(401, &[], refused));
+    let mut cmd = pty_qwen(&env, &[]);
+    cmd.env("OPENAI_API_KEY", "sk-r-secret")
+        .env("OPENAI_BASE_URL", mock.base_url())
+        .env("OPENAI_MODEL", "m-one");
+    let mut s = pty::spawn(cmd);
+    let mut seen = pty::expect(&mut s, PROMPT);
+    say(&mut s, "hi");
+    let err = pty::expect(&mut s, PROMPT);
+    assert!(
+        err.contains("HTTP 401")
+            && err.contains("refused twice (check OPENAI_API_KEY and OPENAI_BASE_URL (/env shows"),
+        "{err}"
+    );
+    assert_eq!(mock.requests().len(), 2, "one retry after the first 401");
+    seen += &err;
+    mock.push(Reply::status(
+        429,
+        &[],
+        r#"{"error":{"message":"You exceeded your current quota","code":"insufficient_quota"}}"#,
+    ));
+    say(&mut s, "again");
+    let err = pty::expect(&mut s, PROMPT);
+    assert!(
+        err.contains("You exceeded your current quota")
+            && err.contains("check its plan or billing"),
+        "{err}"
+    );
+    assert_eq!(mock.requests().len(), 3, "a used-up key is not retried");
+    seen += &err;
+    seen += &leave(&mut s);
+    no_secrets(&seen, &["sk-r-secret"]);
+}
+
 #[test]
 fn first_run_oauth_login_in_the_session_can_be_cancelled_back_to_the_picker() {
     use common::oauth_mock::{DEVICE_PATH, Reply as IdpReply, TOKEN_PATH};

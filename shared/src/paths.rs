@@ -31,8 +31,14 @@ fn socket_path_from(var: impl Fn(&str) -> Option<PathBuf>) -> PathBuf {
     let tmp = var("TMPDIR")
         .filter(|p| p.is_absolute())
         .unwrap_or_else(|| PathBuf::from("/tmp"));
-    tmp.join(format!("qwend-{}", crate::transport::current_uid()))
+    tmp.join(format!("qwend-{}", current_uid()))
         .join(SOCKET_NAME)
+}
+
+/// The uid this process runs as: the socket's default place is per user, and the
+/// transport serves and trusts only this uid.
+pub fn current_uid() -> u32 {
+    rustix::process::getuid().as_raw()
 }
 
 /// `p` made absolute against the current directory (lexically: `..` and symlinks are
@@ -119,7 +125,7 @@ mod tests {
     #[test]
     fn relative_runtime_dir_is_ignored_and_tmp_is_per_uid() {
         let p = with(&[("XDG_RUNTIME_DIR", "relative")]);
-        let uid = crate::transport::current_uid();
+        let uid = current_uid();
         assert_eq!(p, PathBuf::from(format!("/tmp/qwend-{uid}/qwend.sock")));
         let p = with(&[("TMPDIR", "/var/tmp")]);
         assert_eq!(p, PathBuf::from(format!("/var/tmp/qwend-{uid}/qwend.sock")));

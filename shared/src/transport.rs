@@ -102,10 +102,6 @@ pub fn user_label(uid: u32) -> String {
     }
 }
 
-pub fn current_uid() -> u32 {
-    rustix::process::getuid().as_raw()
-}
-
 /// Create (0700) or validate the directory that holds the socket. A directory that another
 /// user owns, or that others can enter, could let them replace our socket: refuse it.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), TransportError> {
@@ -135,7 +131,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), TransportError> {
 /// A directory that does not exist yet passes: there is nothing to connect to, and the
 /// daemon creates it 0700.
 pub fn check_socket_dir(dir: &Path) -> Result<(), TransportError> {
-    let me = current_uid();
+    let me = crate::paths::current_uid();
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty())
         && let Ok(meta) = fs::metadata(parent)
     {
@@ -375,7 +371,7 @@ pub fn check_peer(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::
     // Read once: the daemon never changes its uid, and this runs on every call (the peer's
     // credentials themselves are taken once per connection, at accept).
     static ME: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let me = *ME.get_or_init(current_uid);
+    let me = *ME.get_or_init(crate::paths::current_uid);
     match peer_uid(&req) {
         Some(uid) if uid == me => Ok(req),
         Some(uid) => Err(tonic::Status::permission_denied(format!(
@@ -446,7 +442,7 @@ pub async fn connect_trusted(path: &Path) -> Result<UnixStream, TransportError> 
 /// The peer's credentials as the kernel recorded them when it connected us
 /// (`SO_PEERCRED` on Linux, `getpeereid` on the BSDs and macOS, via tokio).
 fn verify_peer(stream: &UnixStream, path: &Path) -> Result<(), TransportError> {
-    let me = current_uid();
+    let me = crate::paths::current_uid();
     let cred = stream
         .peer_cred()
         .map_err(|source| TransportError::PeerUnknown {

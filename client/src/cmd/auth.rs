@@ -8,20 +8,21 @@ use qwend_shared::api::{
 };
 use serde_json::json;
 
-use crate::cli::{AuthAction, Method};
+use crate::cli::AuthAction;
 use crate::connect;
 use crate::error::ClientError;
+use crate::method::{self, Method};
 
 pub async fn run(action: AuthAction, as_json: bool) -> Result<ExitCode, ClientError> {
     // Refused before starting a daemon: a script cannot complete a browser login.
-    if matches!(action, AuthAction::Login { .. }) && !super::login::interactive() {
+    if matches!(action, AuthAction::Login { .. }) && !crate::term::on_terminal() {
         return Err(ClientError::AuthNeeded(
             super::login::NON_INTERACTIVE_HELP.to_string(),
         ));
     }
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     let mut client = AuthClient::new(channel.clone());
-    let ctx = super::env::context()?;
+    let ctx = crate::context::current()?;
     match action {
         AuthAction::Login { no_browser, force } => {
             let args = super::login::LoginArgs { no_browser, force };
@@ -43,15 +44,11 @@ pub async fn run(action: AuthAction, as_json: bool) -> Result<ExitCode, ClientEr
         AuthAction::Switch { method } => {
             let method = match method {
                 Some(m) => m,
-                None => pick()?,
-            };
-            let auth_type = match method {
-                Method::QwenOauth => AuthType::QwenOauth,
-                Method::Openai => AuthType::Openai,
+                None => pick().await?,
             };
             let st = client
                 .switch_auth(SwitchAuthRequest {
-                    auth_type: auth_type as i32,
+                    auth_type: method.auth_type() as i32,
                     client: Some(ctx),
                 })
                 .await?
@@ -61,7 +58,7 @@ pub async fn run(action: AuthAction, as_json: bool) -> Result<ExitCode, ClientEr
             } else {
                 println!(
                     "auth method is now {} (saved in {}; every client uses it from now on)",
-                    type_name(st.auth_type()).unwrap_or("none"),
+                    method::name(st.auth_type()).unwrap_or("none"),
                     st.settings_file
                 );
                 if st.auth_type() == AuthType::QwenOauth && !st.logged_in {
@@ -109,32 +106,17 @@ pub async fn run(action: AuthAction, as_json: bool) -> Result<ExitCode, ClientEr
 }
 
 /// `/auth` of Qwen Code: choose on a terminal; scripts must name the method.
-fn pick() -> Result<Method, ClientError> {
+async fn pick() -> Result<Method, ClientError> {
     if !std::io::stdin().is_terminal() {
         return Err(ClientError::Usage(
             "name the method: qwen auth switch qwen-oauth|openai".into(),
         ));
     }
-    super::menu::pick(super::menu::read_line)?
-        .ok_or_else(|| ClientError::Usage("no answer (end of input)".into()))
-}
-
-fn type_name(t: AuthType) -> Option<&'static str> {
-    match t {
-        AuthType::QwenOauth => Some("qwen-oauth"),
-        AuthType::Openai => Some("openai"),
-        AuthType::Unspecified => None,
-    }
-}
-
-fn rfc3339(ms: i64) -> Option<String> {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok()?;
-    t.format(&time::format_description::well_known::Rfc3339)
-        .ok()
+    super::menu::pick_on_stdin().await
 }
 
 /// Why the selected method cannot authenticate here, and the next step; `None` when it can.
-pub(crate) fn unusable_reason(st: &AuthStatus) -> Option<String> {
+fn unusable_reason(st: &AuthStatus) -> Option<String> {
     match st.auth_type() {
         AuthType::Unspecified => Some(
             "no auth method is selected, and none can be inferred (no OPENAI_API_KEY in the environment or the .env for this folder): run `qwen auth login`, or set OPENAI_API_KEY".into(),
@@ -152,9 +134,9 @@ pub(crate) fn unusable_reason(st: &AuthStatus) -> Option<String> {
 fn status_json(st: &AuthStatus, quota: Option<serde_json::Value>) -> serde_json::Value {
     let reason = unusable_reason(st);
     let mut v = json!({
-        "auth_type": type_name(st.auth_type()),
+        "auth_type": method::name(st.auth_type()),
         "logged_in": st.logged_in,
-        "expires_at": st.expires_at_ms.and_then(rfc3339),
+        "expires_at": st.expires_at_ms.and_then(crate::term::rfc3339),
         "store": st.store,
         "base_url": st.base_url,
         "model": st.model,
@@ -167,6 +149,18 @@ fn status_json(st: &AuthStatus, quota: Option<serde_json::Value>) -> serde_json:
         v["quota"] = q;
     }
     v
+}
+
+/// `logged in  yes (token expires …)`, as `qwen auth status` and the session's `/status`
+/// show it.
+pub(super) fn logged_in_line(st: &AuthStatus) -> String {
+    let expiry = st
+        .expires_at_ms
+        .and_then(crate::term::rfc3339)
+        .map(|t| format!(" (token expires {t})"))
+        .unwrap_or_default();
+    let yes = if st.logged_in { "yes" } else { "no" };
+    format!("logged in  {yes}{expiry}")
 }
 
 async fn print_status(st: &AuthStatus, as_json: bool) -> Result<(), ClientError> {
@@ -185,7 +179,7 @@ async fn print_status(st: &AuthStatus, as_json: bool) -> Result<(), ClientError>
         println!("{v}");
         return Ok(());
     }
-    match type_name(st.auth_type()) {
+    match method::name(st.auth_type()) {
         None => {
             println!("no auth method configured");
             println!("  Qwen OAuth:  qwen auth switch qwen-oauth && qwen auth login");
@@ -195,15 +189,7 @@ async fn print_status(st: &AuthStatus, as_json: bool) -> Result<(), ClientError>
         }
         Some(name) => {
             println!("method     {name}");
-            let expiry = st
-                .expires_at_ms
-                .and_then(rfc3339)
-                .map(|t| format!(" (token expires {t})"))
-                .unwrap_or_default();
-            println!(
-                "logged in  {}{expiry}",
-                if st.logged_in { "yes" } else { "no" }
-            );
+            println!("{}", logged_in_line(st));
             if let Some(s) = &st.store {
                 println!("store      {s}");
             }

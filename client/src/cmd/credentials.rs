@@ -2,10 +2,8 @@
 //! on a terminal, offer Qwen Code's `/auth` choice; without one, never start a browser
 //! login and say exactly what to set (Qwen Code's non-interactive rule).
 use qwend_shared::api::auth_client::AuthClient;
-use qwend_shared::api::env_client::EnvClient;
 use qwend_shared::api::{
     AuthStatusRequest, AuthType, ClientContext, CredentialsReply, GetCredentialsRequest,
-    ResolveEnvRequest,
 };
 use tonic::transport::Channel;
 
@@ -13,7 +11,7 @@ use crate::error::ClientError;
 use crate::term;
 
 /// What a script must set: the variables and the places they are read from.
-pub const NON_INTERACTIVE_HINT: &str = "without a terminal qwen never starts a browser login: set OPENAI_API_KEY (optionally OPENAI_BASE_URL and OPENAI_MODEL) in the environment or in a .env file (.qwen/.env in the project, or ~/.qwen/.env), or log in once on a terminal with `qwen auth login`";
+const NON_INTERACTIVE_HINT: &str = "without a terminal qwen never starts a browser login: set OPENAI_API_KEY (optionally OPENAI_BASE_URL and OPENAI_MODEL) in the environment or in a .env file (.qwen/.env in the project, or ~/.qwen/.env), or log in once on a terminal with `qwen auth login`";
 
 pub async fn fetch(
     channel: &Channel,
@@ -40,7 +38,7 @@ pub async fn obtain(
     match fetch(channel, ctx, model, None).await {
         Ok(c) => Ok(c),
         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-            if !term::interactive() {
+            if !term::can_ask() {
                 return Err(ClientError::AuthNeeded(
                     explain(channel, ctx, s.message(), true).await,
                 ));
@@ -101,28 +99,11 @@ async fn openai_key_here(channel: &Channel, ctx: &ClientContext) -> bool {
     if let Some(v) = ctx.env.get("OPENAI_API_KEY") {
         return !v.is_empty();
     }
-    let req = ResolveEnvRequest {
-        cwd: ctx.cwd.clone(),
-        env: ctx.env.clone(),
-    };
-    EnvClient::new(channel.clone())
-        .resolve_env(req)
+    crate::context::resolve_env(channel, ctx)
         .await
         .is_ok_and(|r| {
-            r.into_inner()
-                .vars
+            r.vars
                 .iter()
                 .any(|v| v.key == "OPENAI_API_KEY" && !v.value.is_empty())
         })
-}
-
-/// After an HTTP 401: ask for a token other than the refused one (the daemon refreshes
-/// once for every client that saw the same 401).
-pub async fn replace(
-    channel: &Channel,
-    ctx: &ClientContext,
-    model: Option<&str>,
-    rejected: &str,
-) -> Result<CredentialsReply, ClientError> {
-    Ok(fetch(channel, ctx, model, Some(rejected.to_string())).await?)
 }

@@ -1,5 +1,4 @@
-//! `qwen daemon status|start|stop|restart`, and the check every command makes that the
-//! running daemon was started with this client's settings.
+//! `qwen daemon status|start|stop|restart|install|uninstall`.
 //!
 //! Stopping is graceful first (the `Shutdown` call: in-flight calls finish), and forceful
 //! when the daemon does not answer or does not exit: it holds an exclusive lock beside its
@@ -21,7 +20,7 @@ use tonic::transport::Channel;
 use crate::cli::DaemonAction;
 use crate::connect;
 use crate::error::ClientError;
-use crate::term;
+use crate::{start_settings, term};
 
 /// How long a daemon that accepted the stop request may take to finish in-flight calls.
 const STOP_BUDGET: Duration = Duration::from_secs(10);
@@ -29,8 +28,6 @@ const STOP_BUDGET: Duration = Duration::from_secs(10);
 /// the next step; `QWEN_STOP_GRACE_MS` moves it.
 const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 const ENV_GRACE: &str = "QWEN_STOP_GRACE_MS";
-/// The settings check on every connection must never hold a command up for long.
-const CHECK_BUDGET: Duration = Duration::from_millis(500);
 
 pub async fn run(action: DaemonAction, as_json: bool) -> Result<ExitCode, ClientError> {
     let socket = paths::socket_path();
@@ -68,14 +65,13 @@ pub async fn run(action: DaemonAction, as_json: bool) -> Result<ExitCode, Client
             let previous = stop(&socket).await?;
             let channel = connect::ensure(&socket).await?;
             let status = status(&channel).await?;
-            let differs = differing_settings(&status.start_settings, |k| std::env::var(k).ok());
-            if !differs.is_empty() {
-                // We started it with our environment, unless a service manager (systemd
-                // socket activation, launchd) answered the socket and used its own.
+            // We started it with our environment, unless a service manager (systemd
+            // socket activation, launchd) answered the socket and used its own.
+            if let Some(d) = start_settings::Differing::from_here(&status.start_settings) {
                 term::warn(&format!(
                     "qwend was started by your service manager with other {}: set {} in its environment (docs/daemon.md)",
-                    differs.join(", "),
-                    if differs.len() == 1 { "it" } else { "them" }
+                    d.names(),
+                    d.them()
                 ));
             }
             if as_json {
@@ -160,72 +156,9 @@ fn human_duration(secs: u64) -> String {
     }
 }
 
-/// The settings check of this process, running beside the command's own calls.
-static SETTINGS_CHECK: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>> =
-    std::sync::Mutex::new(None);
-static CHECK_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// On connecting to a daemon that was already running: one warning when it started with
-/// settings other than this client's environment (it reads them only at start). The
-/// `Status` call goes out on the command's own connection, concurrently with the
-/// command's calls (HTTP/2 multiplexes them), so it adds no round trip; [`settings_checked`]
-/// waits for it, bounded. Silent on any failure: the command's own call reports a broken
-/// daemon.
-pub fn check_settings(channel: &Channel) {
-    // One warning per process: a second connection needs no second check.
-    if CHECK_STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        return;
-    }
-    let mut client = DaemonClient::new(channel.clone());
-    let task = tokio::spawn(async move {
-        let Ok(reply) = client.status(StatusRequest {}).await else {
-            return;
-        };
-        let reply = reply.into_inner();
-        let differs = differing_settings(&reply.start_settings, |k| std::env::var(k).ok());
-        if !differs.is_empty() {
-            term::warn(&format!(
-                "the running qwend (pid {}) started with other {}; it reads {} only at start: run `qwen daemon restart` to apply yours",
-                reply.pid,
-                differs.join(", "),
-                if differs.len() == 1 { "it" } else { "them" }
-            ));
-        }
-    });
-    *SETTINGS_CHECK.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
-}
-
-/// Lets a pending settings check finish (at most a short bound), so its warning is shown
-/// before the command hands over to a child or exits.
-pub async fn settings_checked() {
-    let task = SETTINGS_CHECK
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    if let Some(mut task) = task
-        && tokio::time::timeout(CHECK_BUDGET, &mut task).await.is_err()
-    {
-        task.abort();
-    }
-}
-
-/// Names of the daemon's start settings that this environment sets differently (blank and
-/// unset are the same, as for the daemon), sorted.
-fn differing_settings(
-    daemon: &std::collections::HashMap<String, String>,
-    var: impl Fn(&str) -> Option<String>,
-) -> Vec<String> {
-    let mut out: Vec<String> = daemon
-        .iter()
-        .filter(|(k, theirs)| {
-            let mine = var(k).map(|v| v.trim().to_string()).unwrap_or_default();
-            mine != theirs.trim()
-        })
-        .map(|(k, _)| k.clone())
-        .collect();
-    out.sort();
-    out
-}
+/// Called as `cmd::daemon::settings_checked` by main.rs (whose start-up path is another
+/// change's); the check itself is [`start_settings`]'s.
+pub use crate::start_settings::settings_checked;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum How {
@@ -376,37 +309,5 @@ mod tests {
         assert_eq!(human_duration(65), "1m 5s");
         assert_eq!(human_duration(3_700), "1h 1m");
         assert_eq!(human_duration(90_000), "1d 1h");
-    }
-
-    #[test]
-    fn settings_differ_only_when_the_values_do() {
-        let daemon: std::collections::HashMap<String, String> = [
-            ("QWEN_OAUTH_BASE_URL", "http://a"),
-            ("QWEND_QUOTA_PER_DAY", ""),
-            ("QWEND_STATE_DIR", "/s"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let same = |k: &str| match k {
-            "QWEN_OAUTH_BASE_URL" => Some("http://a ".to_string()),
-            "QWEND_QUOTA_PER_DAY" => Some(" ".to_string()),
-            "QWEND_STATE_DIR" => Some("/s".to_string()),
-            _ => None,
-        };
-        assert!(differing_settings(&daemon, same).is_empty());
-        let other = |k: &str| match k {
-            "QWEN_OAUTH_BASE_URL" => Some("http://b".to_string()),
-            "QWEND_QUOTA_PER_DAY" => Some("5".to_string()),
-            _ => None,
-        };
-        assert_eq!(
-            differing_settings(&daemon, other),
-            [
-                "QWEND_QUOTA_PER_DAY",
-                "QWEND_STATE_DIR",
-                "QWEN_OAUTH_BASE_URL"
-            ]
-        );
     }
 }

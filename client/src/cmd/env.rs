@@ -1,23 +1,21 @@
 //! `qwen env [--cwd DIR] [--json|--export] [--show-secrets]`: the `.env` resolution for a
 //! directory, as the daemon computes it for this client.
-use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use qwend_shared::api::env_client::EnvClient;
 use qwend_shared::api::skipped_var::Reason;
-use qwend_shared::api::{EnvVar, ResolveEnvRequest, ResolveEnvResponse};
+use qwend_shared::api::{EnvVar, ResolveEnvResponse};
 use serde_json::{Map, Value, json};
 
 use crate::cli::EnvArgs;
-use crate::connect;
 use crate::error::ClientError;
+use crate::{connect, context};
 use crate::{term, unsafe_env};
 
 pub async fn run(args: EnvArgs, as_json: bool) -> Result<ExitCode, ClientError> {
-    let cwd = absolute_cwd(args.cwd.as_deref())?;
-    let resp = resolve(&cwd).await?;
+    let ctx = context::at(&context::absolute_cwd(args.cwd.as_deref())?);
+    let channel = connect::daemon().await?;
+    let resp = context::resolve_env(&channel, &ctx).await?;
     let mut out = std::io::stdout().lock();
     let res = if as_json {
         writeln!(out, "{}", to_json(&resp))
@@ -39,45 +37,6 @@ pub async fn run(args: EnvArgs, as_json: bool) -> Result<ExitCode, ClientError> 
         eprintln!("qwen: warning: {w}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Who this client is, for RPCs that depend on the caller.
-pub fn context() -> Result<qwend_shared::api::ClientContext, ClientError> {
-    Ok(qwend_shared::api::ClientContext {
-        cwd: absolute_cwd(None)?.to_string_lossy().into_owned(),
-        env: client_env(),
-    })
-}
-
-/// Ask the daemon; also used by commands that need the resolved variables.
-pub async fn resolve(cwd: &Path) -> Result<ResolveEnvResponse, ClientError> {
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
-    let req = ResolveEnvRequest {
-        cwd: cwd.to_string_lossy().into_owned(),
-        env: client_env(),
-    };
-    Ok(EnvClient::new(channel).resolve_env(req).await?.into_inner())
-}
-
-/// A relative `--cwd` is taken relative to where `qwen` runs, like any path argument.
-pub fn absolute_cwd(arg: Option<&Path>) -> Result<PathBuf, ClientError> {
-    let here = || {
-        std::env::current_dir()
-            .map_err(|e| ClientError::Usage(format!("cannot read the current directory: {e}")))
-    };
-    match arg {
-        None => here(),
-        Some(p) if p.is_absolute() => Ok(p.to_path_buf()),
-        Some(p) => Ok(here()?.join(p)),
-    }
-}
-
-/// Our environment for the daemon. Names or values that are not UTF-8 cannot travel in the
-/// protocol; their keys still count as present (so the file never overrides them).
-pub fn client_env() -> HashMap<String, String> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
-        .collect()
 }
 
 fn to_json(resp: &ResolveEnvResponse) -> Value {
@@ -201,7 +160,7 @@ fn write_export(out: &mut impl Write, vars: &[EnvVar], refused: &[EnvVar]) -> st
     Ok(())
 }
 
-pub fn shell_quote(value: &str) -> String {
+fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 

@@ -5,33 +5,24 @@
 use std::process::ExitCode;
 
 use qwend_shared::api::AuthType;
-use qwend_shared::api::ResolveEnvRequest;
-use qwend_shared::api::env_client::EnvClient;
 
 use crate::cli::ExecArgs;
-use crate::connect;
 use crate::error::ClientError;
 use crate::term;
 use crate::unsafe_env;
+use crate::{connect, context};
 
 pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
-    let cwd = super::env::absolute_cwd(args.cwd.as_deref())?;
+    let cwd = context::absolute_cwd(args.cwd.as_deref())?;
     if !cwd.is_dir() {
         return Err(ClientError::Usage(format!(
             "{} is not a directory",
             cwd.display()
         )));
     }
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
-    let mut ctx = super::env::context()?;
-    ctx.cwd = cwd.to_string_lossy().into_owned();
-    let resolved = EnvClient::new(channel.clone())
-        .resolve_env(ResolveEnvRequest {
-            cwd: ctx.cwd.clone(),
-            env: ctx.env.clone(),
-        })
-        .await?
-        .into_inner();
+    let channel = connect::daemon().await?;
+    let ctx = context::at(&cwd);
+    let resolved = context::resolve_env(&channel, &ctx).await?;
     for w in &resolved.warnings {
         term::warn(w);
     }
@@ -45,7 +36,7 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
         false => (creds, None),
     };
     drop(channel);
-    super::daemon::settings_checked().await;
+    crate::start_settings::settings_checked().await;
 
     let trusted = unsafe_env::trusted_files(ctx.env.get("HOME").map(String::as_str));
     let (vars, dropped) = unsafe_env::split(resolved.vars, args.allow_unsafe_env, &trusted);

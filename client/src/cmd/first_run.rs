@@ -9,12 +9,11 @@ use qwend_shared::api::{AuthType, ClientContext, SwitchAuthRequest};
 use qwend_shared::files;
 use tonic::transport::Channel;
 
-use crate::cli::Method;
 use crate::error::ClientError;
+use crate::method::Method;
 
 pub async fn choose(channel: &Channel, ctx: &ClientContext) -> Result<(), ClientError> {
-    let method = super::menu::pick(super::menu::read_line)?
-        .ok_or_else(|| ClientError::Usage("no answer (end of input)".into()))?;
+    let method = super::menu::pick_on_stdin().await?;
     set_up(channel, ctx, method).await
 }
 

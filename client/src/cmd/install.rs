@@ -280,7 +280,7 @@ pub fn uninstall(kind: Option<ServiceKind>, as_json: bool) -> Result<ExitCode, C
 }
 
 fn gui_domain() -> String {
-    format!("gui/{}", qwend_shared::transport::current_uid())
+    format!("gui/{}", qwend_shared::paths::current_uid())
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), ClientError> {

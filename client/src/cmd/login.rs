@@ -27,17 +27,13 @@ pub struct LoginArgs {
     pub force: bool,
 }
 
-/// A login can be shown only to someone who can act on it.
-pub fn interactive() -> bool {
-    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
-}
-
 pub async fn run(
     channel: Channel,
     args: LoginArgs,
     as_json: bool,
 ) -> Result<ExitCode, ClientError> {
-    if !interactive() {
+    // A login can be shown only to someone who can act on it.
+    if !crate::term::on_terminal() {
         return Err(ClientError::AuthNeeded(NON_INTERACTIVE_HELP.to_string()));
     }
     let mut client = AuthClient::new(channel);
@@ -194,13 +190,7 @@ fn finish(r: &LoginResult, as_json: bool) -> Result<ExitCode, ClientError> {
 }
 
 fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    crate::term::rfc3339(ms).unwrap_or_default()
 }
 
 /// A browser on this machine is useful only with a local desktop: not over SSH, and on

@@ -4,13 +4,13 @@
 //! line editor, where Ctrl-C backs out).
 use std::io::{BufRead, Write};
 
-use crate::cli::Method;
 use crate::error::ClientError;
+use crate::method::Method;
 
 pub const PROMPT: &str = "Choice [1/2]: ";
 
 /// The question and the choices, each line ending in `\n`.
-pub fn text() -> String {
+fn text() -> String {
     "How do you want to authenticate?\n\
      \x20 1) Qwen OAuth (log in at qwen.ai in a browser; free: 60 requests/min, 2,000/day)\n\
      \x20 2) OpenAI-compatible API key (OPENAI_API_KEY, optional OPENAI_BASE_URL and OPENAI_MODEL; \
@@ -21,21 +21,21 @@ pub fn text() -> String {
 /// `1`/`2` or the method's name.
 pub fn parse(answer: &str) -> Option<Method> {
     match answer.trim() {
-        "1" | "qwen-oauth" => Some(Method::QwenOauth),
-        "2" | "openai" => Some(Method::Openai),
-        _ => None,
+        "1" => Some(Method::QwenOauth),
+        "2" => Some(Method::Openai),
+        name => Method::parse(name),
     }
 }
 
 /// Show the menu on stderr and read one answer with `read` (`None`: the person backed
 /// out). A wrong answer is an error: the caller decides whether to ask again.
-pub fn pick(
-    read: impl FnOnce(&str) -> Result<Option<String>, ClientError>,
+pub async fn pick(
+    read: impl AsyncFnOnce(&str) -> Result<Option<String>, ClientError>,
 ) -> Result<Option<Method>, ClientError> {
     let mut err = std::io::stderr();
     let _ = err.write_all(text().as_bytes());
     let _ = err.flush();
-    let Some(answer) = read(PROMPT)? else {
+    let Some(answer) = read(PROMPT).await? else {
         return Ok(None);
     };
     match parse(&answer) {
@@ -45,6 +45,13 @@ pub fn pick(
             answer.trim()
         ))),
     }
+}
+
+/// [`pick`] with the answer read as a line of stdin; no answer (end of input) is an error.
+pub async fn pick_on_stdin() -> Result<Method, ClientError> {
+    pick(async |q| read_line(q))
+        .await?
+        .ok_or_else(|| ClientError::Usage("no answer (end of input)".into()))
 }
 
 /// A question on stderr, the answer as one line of stdin (trimmed); `None` at end of input.
@@ -67,19 +74,20 @@ pub fn read_line(question: &str) -> Result<Option<String>, ClientError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn answers() {
+    #[tokio::test]
+    async fn answers() {
         assert_eq!(parse(" 1\n"), Some(Method::QwenOauth));
         assert_eq!(parse("openai"), Some(Method::Openai));
         assert_eq!(parse("3"), None);
-        let e = pick(|_| Ok(Some("x".into()))).unwrap_err();
+        let e = pick(async |_| Ok(Some("x".into()))).await.unwrap_err();
         assert!(e.to_string().contains("no such choice"));
-        assert_eq!(pick(|_| Ok(None)).unwrap(), None);
+        assert_eq!(pick(async |_| Ok(None)).await.unwrap(), None);
         let mut asked = String::new();
-        let m = pick(|q| {
+        let m = pick(async |q| {
             asked = q.to_string();
             Ok(Some("2".into()))
         })
+        .await
         .unwrap();
         assert_eq!((m, asked.as_str()), (Some(Method::Openai), PROMPT));
     }

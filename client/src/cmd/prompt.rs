@@ -1,22 +1,17 @@
 //! `qwen -p PROMPT` (or `qwen PROMPT...`, or the prompt on stdin): the main job. Credentials
 //! and a quota permit from the daemon, then a streamed chat completion printed as it
 //! arrives; the outcome goes back to the daemon's quota.
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
-use qwend_shared::api::quota_client::QuotaClient;
-use qwend_shared::api::{AuthType, ClientContext, ReportOutcomeRequest};
+use qwend_shared::api::{ClientContext, CredentialsReply};
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::chat::{self, ChatError, ChatRequest};
+use crate::chat;
 use crate::cli::PromptArgs;
-use crate::connect;
 use crate::error::ClientError;
-use crate::term;
-
-/// How many HTTP 429 answers in a row before giving up (each one waits first).
-const MAX_RATE_LIMITED: u32 = 5;
+use crate::{connect, context, exchange};
 
 pub async fn run(args: PromptArgs, as_json: bool) -> Result<ExitCode, ClientError> {
     // Before anything else: a typed command must not start a daemon or spend a request.
@@ -26,105 +21,65 @@ pub async fn run(args: PromptArgs, as_json: bool) -> Result<ExitCode, ClientErro
     let Some(prompt) = collect_prompt(&args)? else {
         return no_prompt().await;
     };
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
-    let ctx = super::env::context()?;
-    let model = args.model.as_deref();
-    let mut creds = super::credentials::obtain(&channel, &ctx, model).await?;
-    for w in &creds.warnings {
-        term::warn(w);
-    }
+    let channel = connect::daemon().await?;
+    let ctx = context::current()?;
+    let creds = super::credentials::obtain(&channel, &ctx, args.model.as_deref()).await?;
     let http = chat::client().map_err(|e| ClientError::Upstream(e.to_string()))?;
-    let mut retried_401 = false;
-    let mut rate_limited = 0;
     let messages = [chat::Message::user(prompt)];
-    loop {
-        super::permit::acquire(&channel, &ctx, args.no_wait).await?;
-        let req = ChatRequest {
-            base_url: &creds.base_url,
-            token: &creds.token,
-            model: &creds.model,
-            messages: &messages,
-        };
-        let mut out = Output::new(as_json, &creds.model);
-        let result = chat::send(&http, &req, |t| out.token(t)).await;
-        out.end();
-        report(&channel, &ctx, &result).await;
-        out.check()?;
-        let err = match result {
-            Ok(done) => {
-                if as_json {
-                    let v = json!({
-                        "auth_type": type_name(creds.auth_type()),
-                        "model": done.model.as_deref().unwrap_or(&creds.model),
-                        "content": done.content,
-                        "finish_reason": done.finish_reason,
-                        "usage": done.usage,
-                        "warnings": creds.warnings,
-                    });
-                    println!("{v}");
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            Err(e) => e,
-        };
-        match err {
-            ChatError::Http { status: 401, .. } if !retried_401 => {
-                retried_401 = true;
-                creds = super::credentials::replace(&channel, &ctx, model, &creds.token).await?;
-            }
-            ChatError::Http { status: 401, .. } => {
-                return Err(ClientError::AuthNeeded(format!(
-                    "{err}; the credentials were refused twice ({})",
-                    match creds.auth_type() {
-                        AuthType::QwenOauth => "log in again with `qwen auth login`",
-                        _ =>
-                            "check OPENAI_API_KEY and OPENAI_BASE_URL (`qwen env` shows where they come from)",
-                    }
-                )));
-            }
-            ChatError::Http {
-                status: 429,
-                daily_exhausted: true,
-                ..
-            } => {
-                return Err(ClientError::Quota(match creds.auth_type() {
-                    // Not a limit of ours: usually the key's credit or plan; qwen keeps no
-                    // day for this method, so nothing beyond a Retry-After is locked.
-                    AuthType::Openai => format!(
-                        "{err} (insufficient_quota: the provider says this key's quota or \
-                         credit is used up; check its plan or billing)"
-                    ),
-                    _ => format!("{err} (daily quota used up)"),
-                }));
-            }
-            ChatError::Http {
-                status: 429,
-                retry_after_ms,
-                ..
-            } => {
-                rate_limited += 1;
-                if args.no_wait || rate_limited >= MAX_RATE_LIMITED {
-                    return Err(ClientError::Quota(format!(
-                        "{err}{}",
-                        if args.no_wait {
-                            String::new()
-                        } else {
-                            format!(" ({rate_limited} times in a row)")
-                        }
-                    )));
-                }
-                // The report above started the daemon's cool-down; the next permit waits it out.
-                if !std::io::stderr().is_terminal() {
-                    eprintln!(
-                        "qwen: rate limited (HTTP 429{}); waiting as the server asked",
-                        retry_after_ms
-                            .map(|ms| format!(", Retry-After {}", term::human_duration(ms)))
-                            .unwrap_or_default()
-                    );
-                }
-            }
-            other => return Err(ClientError::Upstream(other.to_string())),
-        }
+    let req = exchange::Request {
+        messages: &messages,
+        no_wait: args.no_wait,
+        json: as_json,
+        hints: &HINTS,
+    };
+    let mut daemon = Daemon {
+        channel,
+        ctx,
+        model: args.model,
+    };
+    let done = exchange::send(&mut daemon, &http, creds, req, &mut None).await?;
+    if as_json {
+        let (c, creds) = (done.completion, done.creds);
+        let v = json!({
+            "auth_type": crate::method::name(creds.auth_type()),
+            "model": c.model.as_deref().unwrap_or(&creds.model),
+            "content": c.content,
+            "finish_reason": c.finish_reason,
+            "usage": c.usage,
+            "warnings": creds.warnings,
+        });
+        println!("{v}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const HINTS: exchange::Hints = exchange::Hints {
+    relogin: "log in again with `qwen auth login`",
+    check_key: "check OPENAI_API_KEY and OPENAI_BASE_URL (`qwen env` shows where they come from)",
+};
+
+/// The prompt's one connection to the daemon.
+struct Daemon {
+    channel: Channel,
+    ctx: ClientContext,
+    model: Option<String>,
+}
+
+impl exchange::Daemon for Daemon {
+    fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    fn ctx(&self) -> &ClientContext {
+        &self.ctx
+    }
+
+    async fn replace(&mut self, rejected: &str) -> Result<CredentialsReply, ClientError> {
+        let model = self.model.as_deref();
+        Ok(
+            super::credentials::fetch(&self.channel, &self.ctx, model, Some(rejected.into()))
+                .await?,
+        )
     }
 }
 
@@ -242,7 +197,7 @@ const ALIASES: [(&str, &str); 3] = [
 ];
 
 /// The command a word most likely meant, if it is one.
-pub(crate) fn typed_command(word: &str) -> Option<String> {
+fn typed_command(word: &str) -> Option<String> {
     use clap::CommandFactory;
     if word.len() < 2 || !word.chars().all(|c| c.is_ascii_alphabetic() || c == '-') {
         return None;
@@ -294,8 +249,8 @@ fn near_miss_distance(name: &str) -> usize {
 /// Code's first run), else show the help.
 async fn no_prompt() -> Result<ExitCode, ClientError> {
     use clap::CommandFactory;
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
-    let ctx = super::env::context()?;
+    let channel = connect::daemon().await?;
+    let ctx = context::current()?;
     match super::credentials::fetch(&channel, &ctx, None, None).await {
         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
             super::credentials::obtain(&channel, &ctx, None).await?;
@@ -305,104 +260,6 @@ async fn no_prompt() -> Result<ExitCode, ClientError> {
         _ => {
             let _ = crate::cli::Cli::command().print_help();
             Ok(ExitCode::from(crate::error::code::USAGE))
-        }
-    }
-}
-
-pub(super) async fn report(
-    channel: &Channel,
-    ctx: &ClientContext,
-    result: &Result<chat::Completion, ChatError>,
-) {
-    let (status, retry_after_ms, daily_exhausted) = match result {
-        Ok(_) => (200, None, false),
-        Err(ChatError::Http {
-            status,
-            retry_after_ms,
-            daily_exhausted,
-            ..
-        }) => (*status, *retry_after_ms, *daily_exhausted),
-        // A stream that failed midway was still answered with 200 upstream.
-        Err(ChatError::Stream(_) | ChatError::Malformed(_)) => (200, None, false),
-        Err(ChatError::Network { .. }) => return,
-    };
-    let req = ReportOutcomeRequest {
-        client: Some(ctx.clone()),
-        http_status: status.into(),
-        retry_after_ms,
-        daily_exhausted,
-    };
-    // The answer matters more than the bookkeeping: a failed report is only logged.
-    if let Err(e) = QuotaClient::new(channel.clone()).report_outcome(req).await {
-        term::warn(&format!(
-            "could not report the outcome to the quota: {}",
-            e.message()
-        ));
-    }
-}
-
-fn type_name(t: AuthType) -> Option<&'static str> {
-    match t {
-        AuthType::QwenOauth => Some("qwen-oauth"),
-        AuthType::Openai => Some("openai"),
-        AuthType::Unspecified => None,
-    }
-}
-
-/// Where tokens go: stdout as they arrive (text), or nowhere until the end (JSON). A
-/// spinner on a terminal until the first token.
-pub(super) struct Output {
-    json: bool,
-    spinner: Option<indicatif::ProgressBar>,
-    stdout: std::io::Stdout,
-    last: Option<char>,
-    error: Option<std::io::Error>,
-}
-
-impl Output {
-    pub(super) fn new(json: bool, model: &str) -> Self {
-        Self {
-            json,
-            spinner: term::spinner(format!("waiting for {model}")),
-            stdout: std::io::stdout(),
-            last: None,
-            error: None,
-        }
-    }
-
-    pub(super) fn token(&mut self, t: &str) {
-        if self.json {
-            return;
-        }
-        if let Some(s) = self.spinner.take() {
-            s.finish_and_clear();
-        }
-        if self.error.is_none() {
-            let mut lock = self.stdout.lock();
-            if let Err(e) = lock.write_all(t.as_bytes()).and_then(|()| lock.flush()) {
-                self.error = Some(e);
-            }
-        }
-        self.last = t.chars().last().or(self.last);
-    }
-
-    /// Finish the line, so a shell prompt or an error starts on its own.
-    pub(super) fn end(&mut self) {
-        if let Some(s) = self.spinner.take() {
-            s.finish_and_clear();
-        }
-        if self.error.is_none() && self.last.is_some_and(|c| c != '\n') {
-            let mut lock = self.stdout.lock();
-            if let Err(e) = lock.write_all(b"\n").and_then(|()| lock.flush()) {
-                self.error = Some(e);
-            }
-        }
-    }
-
-    pub(super) fn check(&mut self) -> Result<(), ClientError> {
-        match self.error.take() {
-            Some(e) => Err(ClientError::Output(e.to_string())),
-            None => Ok(()),
         }
     }
 }

@@ -10,10 +10,10 @@ use crate::connect;
 use crate::error::ClientError;
 
 pub async fn fetch() -> Result<QuotaStatus, ClientError> {
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     Ok(QuotaClient::new(channel)
         .get_quota(GetQuotaRequest {
-            client: Some(super::env::context()?),
+            client: Some(crate::context::current()?),
         })
         .await?
         .into_inner())
@@ -39,10 +39,10 @@ pub async fn run(action: Option<QuotaAction>, as_json: bool) -> Result<ExitCode,
 }
 
 async fn reset(account: Option<String>) -> Result<QuotaStatus, ClientError> {
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     Ok(QuotaClient::new(channel)
         .reset_quota(ResetQuotaRequest {
-            client: Some(super::env::context()?),
+            client: Some(crate::context::current()?),
             account,
         })
         .await?

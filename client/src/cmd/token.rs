@@ -3,15 +3,14 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use qwend_shared::api::AuthType;
 use serde_json::json;
 
 use crate::connect;
 use crate::error::ClientError;
 
 pub async fn run(as_json: bool) -> Result<ExitCode, ClientError> {
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
-    let ctx = super::env::context()?;
+    let channel = connect::daemon().await?;
+    let ctx = crate::context::current()?;
     let creds = match super::credentials::fetch(&channel, &ctx, None, None).await {
         Ok(c) => c,
         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
@@ -25,11 +24,7 @@ pub async fn run(as_json: bool) -> Result<ExitCode, ClientError> {
     let text = if as_json {
         json!({
             "token": creds.token,
-            "auth_type": match creds.auth_type() {
-                AuthType::QwenOauth => Some("qwen-oauth"),
-                AuthType::Openai => Some("openai"),
-                AuthType::Unspecified => None,
-            },
+            "auth_type": crate::method::name(creds.auth_type()),
             "base_url": creds.base_url,
             "model": creds.model,
             "expires_at_ms": creds.expires_at_ms,

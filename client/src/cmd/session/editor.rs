@@ -19,6 +19,7 @@ use rustyline::{
 };
 
 use crate::error::ClientError;
+use crate::method::Method;
 
 /// Slash commands and what they take, for completion and `/help`.
 pub const COMMANDS: &[(&str, &str)] = &[
@@ -37,8 +38,6 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "leave (also Ctrl-D, or Ctrl-C twice on an empty line)",
     ),
 ];
-
-const AUTH_ARGS: &[&str] = &["qwen-oauth", "openai"];
 
 /// How a line ended.
 pub enum Read {
@@ -287,10 +286,11 @@ fn complete(before: &str) -> (usize, Vec<Pair>) {
         ),
         Some(("/auth", arg)) if !arg.contains(' ') => (
             "/auth ".len(),
-            AUTH_ARGS
+            Method::ALL
                 .iter()
+                .map(|m| m.name())
                 .filter(|a| a.starts_with(arg))
-                .map(|a| pair(a))
+                .map(pair)
                 .collect(),
         ),
         _ => (0, Vec::new()),

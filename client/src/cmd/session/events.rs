@@ -49,7 +49,7 @@ impl Known {
                 (!known).then(|| {
                     format!(
                         "the auth method was switched to {} by another client; the next message uses it",
-                        super::type_name(t).unwrap_or("none")
+                        crate::method::name(t).unwrap_or("none")
                     )
                 })
             }

@@ -3,50 +3,44 @@
 //! from the daemon before every message, so a switch made here (`/auth`) or anywhere else
 //! applies to the next message without a restart. Ctrl-C cancels a streaming answer;
 //! Ctrl-C twice on an empty line, Ctrl-D or `/quit` leave.
-use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use qwend_shared::api::auth_client::AuthClient;
-use qwend_shared::api::{
-    AuthStatus, AuthStatusRequest, AuthType, ClientContext, CredentialsReply, SwitchAuthRequest,
-};
+use qwend_shared::api::{AuthStatus, AuthType, SwitchAuthRequest};
 use tokio::signal::unix::{SignalKind, signal};
-use tonic::transport::Channel;
 
-use crate::chat::{self, ChatError, ChatRequest, Message};
-use crate::cli::{Method, PromptArgs};
+use crate::chat::{self, Message};
+use crate::cli::PromptArgs;
 use crate::connect;
 use crate::error::ClientError;
+use crate::exchange;
+use crate::method::{self, Method};
 use crate::term;
 
 mod editor;
 mod events;
+mod link;
 
 use editor::{Editor, Read};
 use events::Known;
+use link::Link;
 
 pub const PROMPT: &str = "qwen> ";
 
-/// How many HTTP 429 answers in a row before the message is given up (each waits first).
-const MAX_RATE_LIMITED: u32 = 5;
-
 /// A session is what the person asked for: `-i`, or no prompt at all on a terminal.
 pub fn wanted(args: &PromptArgs) -> bool {
-    args.interactive.is_some() || (args.prompt.is_none() && args.words.is_empty() && on_terminal())
-}
-
-fn on_terminal() -> bool {
-    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+    args.interactive.is_some()
+        || (args.prompt.is_none() && args.words.is_empty() && term::on_terminal())
 }
 
 pub async fn run(args: PromptArgs) -> Result<ExitCode, ClientError> {
-    if !on_terminal() {
+    if !term::on_terminal() {
         return Err(ClientError::Usage(
             "an interactive session needs a terminal (stdin and stdout); in scripts use -p PROMPT"
                 .into(),
         ));
     }
-    let channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
+    let channel = connect::daemon().await?;
     let editor = Editor::new(editor::history_path())?;
     // Installs the SIGINT handler for the process: from now on Ctrl-C outside the line
     // editor cancels what runs (an answer, a quota wait) instead of killing the session.
@@ -57,17 +51,20 @@ pub async fn run(args: PromptArgs) -> Result<ExitCode, ClientError> {
             .map_err(|e| ClientError::Output(format!("cannot handle Ctrl-C: {e}")))?,
     );
     let mut s = Session {
-        ctx: super::env::context()?,
+        link: Link {
+            channel,
+            ctx: crate::context::current()?,
+            model: args.model,
+            known: Known::default(),
+            notices: editor.notices(),
+            events: None,
+        },
         http: chat::client().map_err(|e| ClientError::Upstream(e.to_string()))?,
-        channel,
-        model: args.model,
         no_wait: args.no_wait,
         messages: Vec::new(),
-        known: Known::default(),
         editor,
-        events: None,
     };
-    s.watch().await;
+    s.link.watch().await;
     s.first_run().await;
     s.header().await;
     if let Some(first) = args.interactive.filter(|p| !p.trim().is_empty()) {
@@ -102,7 +99,7 @@ pub async fn run(args: PromptArgs) -> Result<ExitCode, ClientError> {
             }
         }
     }
-    if let Some(h) = s.events.take() {
+    if let Some(h) = s.link.events.take() {
         h.abort();
     }
     Ok(ExitCode::SUCCESS)
@@ -115,72 +112,28 @@ enum Flow {
 }
 
 struct Session {
-    channel: Channel,
-    ctx: ClientContext,
+    link: Link,
     http: reqwest::Client,
-    /// `/model NAME` (or `--model`): this session only.
-    model: Option<String>,
     no_wait: bool,
     messages: Vec<Message>,
-    known: Known,
     editor: Editor,
-    events: Option<tokio::task::JoinHandle<()>>,
 }
 
+const HINTS: exchange::Hints = exchange::Hints {
+    relogin: "log in again: /auth qwen-oauth",
+    check_key: "check OPENAI_API_KEY and OPENAI_BASE_URL (/env shows where they come from)",
+};
+
 impl Session {
-    /// (Re)subscribe to the daemon's events when not subscribed (first time, or the
-    /// daemon restarted).
-    async fn watch(&mut self) {
-        if self.events.as_ref().is_some_and(|h| !h.is_finished()) {
-            return;
-        }
-        match events::watch(
-            self.channel.clone(),
-            self.known.clone(),
-            self.editor.notices(),
-        )
-        .await
-        {
-            Ok(h) => self.events = Some(h),
-            Err(e) => term::warn(&format!(
-                "changes made by other clients will not be announced: {}",
-                e.message()
-            )),
-        }
-    }
-
-    /// A daemon that went away (stopped, idle timeout) is started again.
-    async fn reconnect(&mut self) -> Result<(), ClientError> {
-        self.channel = connect::ensure(&qwend_shared::paths::socket_path()).await?;
-        self.events = None;
-        self.watch().await;
-        Ok(())
-    }
-
-    async fn status(&mut self) -> Result<AuthStatus, ClientError> {
-        let req = AuthStatusRequest {
-            client: Some(self.ctx.clone()),
-        };
-        let first = AuthClient::new(self.channel.clone())
-            .get_auth_status(req.clone())
-            .await;
-        let st = match first {
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                self.reconnect().await?;
-                AuthClient::new(self.channel.clone())
-                    .get_auth_status(req)
-                    .await?
-            }
-            other => other?,
-        }
-        .into_inner();
-        self.known.set_method(Some(st.auth_type()));
-        Ok(st)
-    }
-
     /// Nothing configured: Qwen Code's first-run choice, inside the session.
     async fn first_run(&mut self) {
-        match super::credentials::fetch(&self.channel, &self.ctx, self.model.as_deref(), None).await
+        match super::credentials::fetch(
+            &self.link.channel,
+            &self.link.ctx,
+            self.link.model.as_deref(),
+            None,
+        )
+        .await
         {
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 eprintln!("qwen: {}", one_line(s.message()));
@@ -218,44 +171,40 @@ impl Session {
     }
 
     async fn pick(&mut self) -> Result<Option<Method>, ClientError> {
-        let editor = self.editor.clone();
-        // The menu prints, then the answer is read with the line editor (Ctrl-C backs out).
-        let mut err = std::io::stderr();
-        let _ = err.write_all(super::menu::text().as_bytes());
-        let _ = err.flush();
-        match editor.read(super::menu::PROMPT, false).await? {
-            Read::Line(a) => super::menu::parse(&a).map(Some).ok_or_else(|| {
-                ClientError::Usage(format!("no such choice: {:?} (answer 1 or 2)", a.trim()))
-            }),
+        // The answer is read with the line editor: Ctrl-C backs out.
+        let editor = &self.editor;
+        super::menu::pick(async |q| match editor.read(q, false).await? {
+            Read::Line(a) => Ok(Some(a)),
             Read::Interrupted { .. } | Read::Eof => Ok(None),
-        }
+        })
+        .await
     }
 
     /// Log in, or ask for a key; either way the method ends up selected.
     async fn make_work(&mut self, m: Method) -> Result<(), ClientError> {
         match m {
             Method::QwenOauth => {
-                self.known.logging_in(true);
-                let r = super::first_run::set_up(&self.channel, &self.ctx, m).await;
-                self.known.logging_in(false);
+                self.link.known.logging_in(true);
+                let r = super::first_run::set_up(&self.link.channel, &self.link.ctx, m).await;
+                self.link.known.logging_in(false);
                 r?;
                 // A login selects Qwen OAuth only when nothing was selected; asking for it
                 // here means wanting it.
-                if self.known.method() != Some(AuthType::QwenOauth) {
+                if self.link.known.method() != Some(AuthType::QwenOauth) {
                     let st = self.switch_rpc(Method::QwenOauth).await?;
                     println!(
                         "auth method is now {} (every client uses it from now on)",
-                        type_name(st.auth_type()).unwrap_or("none")
+                        method::name(st.auth_type()).unwrap_or("none")
                     );
                 }
                 Ok(())
             }
             Method::Openai => {
-                let before = self.known.method();
-                self.known.set_method(Some(AuthType::Openai));
-                let r = super::first_run::api_key(&self.channel, &self.ctx).await;
+                let before = self.link.known.method();
+                self.link.known.set_method(Some(AuthType::Openai));
+                let r = super::first_run::api_key(&self.link.channel, &self.link.ctx).await;
                 if r.is_err() {
-                    self.known.set_method(before);
+                    self.link.known.set_method(before);
                 }
                 r
             }
@@ -264,15 +213,16 @@ impl Session {
 
     /// `qwen — openai · model m · quota 1/60 this minute, 1/2000 today`.
     async fn header(&mut self) {
-        let st = match self.status().await {
+        let st = match self.link.status().await {
             Ok(st) => st,
             Err(e) => {
                 eprintln!("qwen: {}", one_line(&e.to_string()));
                 return;
             }
         };
-        let method = type_name(st.auth_type()).unwrap_or("no auth method");
+        let method = method::name(st.auth_type()).unwrap_or("no auth method");
         let model = self
+            .link
             .model
             .clone()
             .or(st.model.clone())
@@ -289,9 +239,9 @@ impl Session {
     /// The quota of the account in use, on the session's connection.
     async fn quota(&self) -> Option<qwend_shared::api::QuotaStatus> {
         let req = qwend_shared::api::GetQuotaRequest {
-            client: Some(self.ctx.clone()),
+            client: Some(self.link.ctx.clone()),
         };
-        qwend_shared::api::quota_client::QuotaClient::new(self.channel.clone())
+        qwend_shared::api::quota_client::QuotaClient::new(self.link.channel.clone())
             .get_quota(req)
             .await
             .ok()
@@ -342,15 +292,15 @@ impl Session {
 
     async fn set_model(&mut self, arg: &str) {
         if arg.is_empty() {
-            let configured = self.status().await.ok().and_then(|s| s.model);
-            match (&self.model, configured) {
+            let configured = self.link.status().await.ok().and_then(|s| s.model);
+            match (&self.link.model, configured) {
                 (Some(m), _) => println!("model {m} (this session; /model NAME to change)"),
                 (None, Some(m)) => println!("model {m} (configured; /model NAME for this session)"),
                 (None, None) => println!("no model configured yet (/auth to set up)"),
             }
             return;
         }
-        self.model = Some(arg.to_string());
+        self.link.model = Some(arg.to_string());
         println!("model for this session: {arg}");
     }
 
@@ -377,12 +327,11 @@ impl Session {
     /// offered (the login; the key prompt) instead of a session that fails at the next
     /// message.
     async fn switch(&mut self, method: Method, offer_fix: bool) {
-        let t = auth_type(method);
         match self.switch_rpc(method).await {
             Ok(st) => {
                 println!(
                     "auth method is now {} (every client uses it from now on)",
-                    type_name(st.auth_type()).unwrap_or("none")
+                    method::name(st.auth_type()).unwrap_or("none")
                 );
                 if st.auth_type() == AuthType::QwenOauth && !st.logged_in && offer_fix {
                     println!("not logged in to Qwen OAuth yet");
@@ -396,7 +345,7 @@ impl Session {
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 eprintln!(
                     "qwen: cannot switch to {}: {}",
-                    type_name(t).unwrap_or("?"),
+                    method.name(),
                     one_line(s.message())
                 );
                 if method == Method::Openai
@@ -414,16 +363,16 @@ impl Session {
 
     /// The switch itself; the session knows the method before the daemon announces it.
     async fn switch_rpc(&mut self, method: Method) -> Result<AuthStatus, tonic::Status> {
-        let before = self.known.method();
-        self.known.set_method(Some(auth_type(method)));
-        let r = AuthClient::new(self.channel.clone())
+        let before = self.link.known.method();
+        self.link.known.set_method(Some(method.auth_type()));
+        let r = AuthClient::new(self.link.channel.clone())
             .switch_auth(SwitchAuthRequest {
-                auth_type: auth_type(method) as i32,
-                client: Some(self.ctx.clone()),
+                auth_type: method.auth_type() as i32,
+                client: Some(self.link.ctx.clone()),
             })
             .await;
         if r.is_err() {
-            self.known.set_method(before);
+            self.link.known.set_method(before);
         }
         r.map(tonic::Response::into_inner)
     }
@@ -439,21 +388,14 @@ impl Session {
     }
 
     async fn show_status(&mut self) -> Result<(), ClientError> {
-        let st = self.status().await?;
-        let Some(method) = type_name(st.auth_type()) else {
+        let st = self.link.status().await?;
+        let Some(method) = method::name(st.auth_type()) else {
             println!("no auth method configured (/auth to choose one)");
             return Ok(());
         };
         println!("method     {method}");
-        let expiry = st
-            .expires_at_ms
-            .map(|ms| format!(" (token expires {})", rfc3339(ms)))
-            .unwrap_or_default();
-        println!(
-            "logged in  {}{expiry}",
-            if st.logged_in { "yes" } else { "no" }
-        );
-        match (&self.model, &st.model) {
+        println!("{}", super::auth::logged_in_line(&st));
+        match (&self.link.model, &st.model) {
             (Some(m), _) => println!("model      {m} (this session)"),
             (None, Some(m)) => println!("model      {m}"),
             (None, None) => {}
@@ -473,7 +415,7 @@ impl Session {
     /// One message and its streamed answer. Ctrl-C cancels it (the message is then not
     /// kept in the conversation); any failure is one line and the session goes on.
     async fn turn(&mut self, text: String) {
-        self.watch().await;
+        self.link.watch().await;
         let mut sigint = match signal(SignalKind::interrupt()) {
             Ok(s) => s,
             Err(e) => {
@@ -482,9 +424,20 @@ impl Session {
             }
         };
         self.messages.push(Message::user(text));
-        let mut out: Option<super::prompt::Output> = None;
+        let mut out: Option<exchange::Output> = None;
         let result = {
-            let exchange = self.exchange(&mut out);
+            let (link, http, out) = (&mut self.link, &self.http, &mut out);
+            let req = exchange::Request {
+                messages: &self.messages,
+                no_wait: self.no_wait,
+                json: false,
+                hints: &HINTS,
+            };
+            let exchange = async move {
+                let creds = link.credentials(None).await?;
+                let done = exchange::send(link, http, creds, req, out).await?;
+                Ok::<_, ClientError>(done.completion.content)
+            };
             tokio::pin!(exchange);
             tokio::select! {
                 r = &mut exchange => Some(r),
@@ -503,87 +456,6 @@ impl Session {
             None => {
                 self.messages.pop();
                 eprintln!("(cancelled)");
-            }
-        }
-    }
-
-    async fn credentials(
-        &mut self,
-        rejected: Option<String>,
-    ) -> Result<CredentialsReply, ClientError> {
-        let model = self.model.clone();
-        let fetch = |ch: Channel, ctx: ClientContext, rejected: Option<String>| {
-            let model = model.clone();
-            async move { super::credentials::fetch(&ch, &ctx, model.as_deref(), rejected).await }
-        };
-        let r = match fetch(self.channel.clone(), self.ctx.clone(), rejected.clone()).await {
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                self.reconnect().await?;
-                fetch(self.channel.clone(), self.ctx.clone(), rejected).await
-            }
-            other => other,
-        };
-        r.map_err(|s| match s.code() {
-            tonic::Code::FailedPrecondition => {
-                ClientError::AuthNeeded(format!("{} (/auth to set up)", s.message()))
-            }
-            _ => s.into(),
-        })
-    }
-
-    /// Credentials and a permit from the daemon, the request, the outcome reported back;
-    /// one retry with fresh credentials after a 401, waits after a 429.
-    async fn exchange(
-        &mut self,
-        out: &mut Option<super::prompt::Output>,
-    ) -> Result<String, ClientError> {
-        let mut creds = self.credentials(None).await?;
-        for w in &creds.warnings {
-            term::warn(w);
-        }
-        let mut retried_401 = false;
-        let mut rate_limited = 0;
-        loop {
-            super::permit::acquire(&self.channel, &self.ctx, self.no_wait).await?;
-            let req = ChatRequest {
-                base_url: &creds.base_url,
-                token: &creds.token,
-                model: &creds.model,
-                messages: &self.messages,
-            };
-            let o = out.insert(super::prompt::Output::new(false, &creds.model));
-            let result = chat::send(&self.http, &req, |t| o.token(t)).await;
-            o.end();
-            super::prompt::report(&self.channel, &self.ctx, &result).await;
-            o.check()?;
-            let err = match result {
-                Ok(done) => return Ok(done.content),
-                Err(e) => e,
-            };
-            match err {
-                ChatError::Http { status: 401, .. } if !retried_401 => {
-                    retried_401 = true;
-                    creds = self.credentials(Some(creds.token.clone())).await?;
-                }
-                ChatError::Http { status: 401, .. } => {
-                    return Err(ClientError::AuthNeeded(format!(
-                        "{err}; the credentials were refused twice ({})",
-                        match creds.auth_type() {
-                            AuthType::QwenOauth => "log in again: /auth qwen-oauth",
-                            _ =>
-                                "check OPENAI_API_KEY and OPENAI_BASE_URL (/env shows where they come from)",
-                        }
-                    )));
-                }
-                ChatError::Http {
-                    status: 429,
-                    daily_exhausted: false,
-                    ..
-                } if !self.no_wait && rate_limited + 1 < MAX_RATE_LIMITED => {
-                    // The report started the daemon's cool-down; the next permit waits it out.
-                    rate_limited += 1;
-                }
-                other => return Err(ClientError::Upstream(other.to_string())),
             }
         }
     }
@@ -612,31 +484,6 @@ fn quota_left(q: &qwend_shared::api::QuotaStatus) -> String {
         None => format!("{} used {what}", w.used),
     };
     format!("quota {}, {}", part(&m, "this minute"), part(&d, "today"))
-}
-
-fn auth_type(m: Method) -> AuthType {
-    match m {
-        Method::QwenOauth => AuthType::QwenOauth,
-        Method::Openai => AuthType::Openai,
-    }
-}
-
-pub(super) fn type_name(t: AuthType) -> Option<&'static str> {
-    match t {
-        AuthType::QwenOauth => Some("qwen-oauth"),
-        AuthType::Openai => Some("openai"),
-        AuthType::Unspecified => None,
-    }
-}
-
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
