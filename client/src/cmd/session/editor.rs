@@ -201,12 +201,9 @@ impl Editor {
 /// The history file exists 0600 (in a 0700 dir when we create it) before rustyline writes
 /// to it: a conversation is private.
 fn prepare_history(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        qwend_shared::files::ensure_private_dir(dir, false)?;
     }
     let f = std::fs::OpenOptions::new()
         .append(true)
