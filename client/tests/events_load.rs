@@ -56,7 +56,9 @@ async fn a_hundred_idle_subscribers_and_ten_thousand_events_stay_bounded() {
         .unwrap()
         .into_inner();
     // Every grant was an event for 100 lagging subscribers; the daemon still answers.
-    assert_eq!(st.minute.unwrap().used, 10_000);
+    // Counted in the day window: on a loaded machine the grants take longer than a
+    // minute, and the rolling minute would already have let the first ones go.
+    assert_eq!(st.day.unwrap().used, 10_000);
     let after = rss_kib(pid);
     eprintln!("rss {before} -> {after} KiB");
     assert!(
