@@ -197,3 +197,68 @@ impl QuotaRpc for QuotaService {
         Ok(Response::new(ResetQuotaResponse { quota: Some(quota) }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::dotenv::Resolver;
+    use crate::quota::QuotaConfig;
+    use crate::store::StoreKind;
+    use std::collections::HashMap;
+
+    /// The permit's account follows the same settings rule as every other reader: the
+    /// caller's files, a broken one left out rather than failing the permit.
+    #[tokio::test]
+    async fn the_account_follows_the_callers_settings() {
+        let t = tempfile::tempdir().unwrap();
+        let home = t.path().join("home");
+        let proj = t.path().join("proj");
+        std::fs::create_dir_all(home.join(".qwen")).unwrap();
+        std::fs::create_dir_all(proj.join(".qwen")).unwrap();
+        let clock: SharedClock = Arc::new(SystemClock);
+        let auth = Arc::new(AuthState::new(
+            t.path().join("daemon-qwen"),
+            Some(t.path().join("state")),
+            Some(StoreKind::File),
+            clock.clone(),
+            Arc::new(Resolver::default()),
+        ));
+        let quota = Arc::new(Quota::in_memory(QuotaConfig::default(), clock.clone()).unwrap());
+        let hub = Arc::new(Hub::new(clock.clone()));
+        let svc = QuotaService::new(quota, auth.clone(), clock, hub);
+        let ctx = |env: &[(&str, &str)]| ClientCtx {
+            cwd: proj.clone(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .chain([("HOME".to_string(), home.display().to_string())])
+                .collect::<HashMap<_, _>>(),
+        };
+        let oauth = auth.oauth_account();
+        assert_eq!(svc.account(ctx(&[])).await.unwrap(), oauth);
+        std::fs::write(
+            proj.join(".qwen/settings.json"),
+            r#"{"security": {"auth": {"selectedType": "openai"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(&*svc.account(ctx(&[])).await.unwrap(), OPENAI_ACCOUNT);
+        // A broken workspace file is left out: the user's choice applies.
+        std::fs::write(proj.join(".qwen/settings.json"), "{,}").unwrap();
+        std::fs::write(
+            home.join(".qwen/settings.json"),
+            r#"{"selectedAuthType": "qwen-oauth"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            svc.account(ctx(&[("OPENAI_API_KEY", "k")])).await.unwrap(),
+            oauth
+        );
+        // And a broken user file too: the environment decides.
+        std::fs::write(home.join(".qwen/settings.json"), "{,}").unwrap();
+        assert_eq!(
+            &*svc.account(ctx(&[("OPENAI_API_KEY", "k")])).await.unwrap(),
+            OPENAI_ACCOUNT
+        );
+    }
+}
