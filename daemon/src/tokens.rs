@@ -1210,6 +1210,48 @@ mod tests {
     }
 
     /// `oauth-clear.json`
+    /// The account tracker hears of every login before its tokens can be used: the
+    /// initial credentials, an adopted file, a login, a refresh naming another account.
+    #[tokio::test]
+    async fn every_new_login_is_observed_before_it_is_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let accounts = Arc::new(AccountTracker::open(dir.path().join("oauth_account")));
+        let who = |sub: &str| {
+            crate::account::AccountId::from_jwt(&crate::account::jwt(
+                &serde_json::json!({"iss": "q", "sub": sub}),
+            ))
+        };
+        let with = |at: &str, sub: &str| Credentials {
+            account: who(sub),
+            ..creds(at, "rt", NOW - 1000)
+        };
+        let key = |sub: &str| who(sub).unwrap().quota_key();
+        let h = harness(Some(with("at-a", "alice"))).await;
+        let manager = h.manager.clone().observing(accounts.clone());
+        assert_eq!(&*accounts.key(), key("alice"));
+        manager.adopt(Some(with("at-b", "bob"))).await;
+        assert_eq!(&*accounts.key(), key("bob"));
+        manager.install(with("at-c", "carol")).await.unwrap();
+        assert_eq!(&*accounts.key(), key("carol"));
+        // A refresh answer naming another account (its id_token).
+        let id_token = crate::account::jwt(&serde_json::json!({"iss": "q", "sub": "dave"}));
+        h.server.set_default(
+            TOKEN_PATH,
+            crate::oauth::mock::Reply::json(
+                200,
+                serde_json::json!({
+                    "access_token": "at-refreshed", "token_type": "Bearer", "expires_in": 3600,
+                    "resource_url": "portal.qwen.ai", "id_token": id_token,
+                }),
+            ),
+        );
+        manager.get(true).await.unwrap();
+        assert_eq!(&*accounts.key(), key("dave"));
+        // Credentials naming no account keep the last known one.
+        manager.adopt(Some(creds("at-e", "rt", NOW + HOUR))).await;
+        assert_eq!(&*accounts.key(), key("dave"));
+    }
+
     #[tokio::test]
     async fn logout_clears_the_store() {
         let h = harness(Some(creds("at-valid", "rt-1", NOW + HOUR))).await;
