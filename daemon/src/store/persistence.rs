@@ -178,3 +178,98 @@ impl TokenPersistence for Arc<StorePersistence> {
         Ok(guard)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{SharedClock, SystemClock};
+    use crate::store::{KeyringConfig, LogoutTarget, Removal, StoreConfig, StoreKind};
+    use secrecy::SecretString;
+
+    fn creds(at: &str, expiry_date: i64) -> Credentials {
+        Credentials {
+            access_token: SecretString::from(at),
+            refresh_token: SecretString::from("rt"),
+            token_type: "Bearer".into(),
+            expiry_date,
+            resource_url: Some("portal.qwen.ai".into()),
+            account: None,
+        }
+    }
+
+    fn persistence(dir: &std::path::Path) -> (Arc<StorePersistence>, QwenCredsFile) {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let stores = Stores::open(StoreConfig {
+            choice: Some(StoreKind::File),
+            file_dir: dir.join("state/credentials"),
+            keyring: KeyringConfig::default(),
+            clock: clock.clone(),
+        })
+        .unwrap();
+        std::fs::create_dir_all(dir.join("qwen")).unwrap();
+        let qwen = QwenCredsFile::new(dir.join("qwen"), clock);
+        (
+            Arc::new(StorePersistence::new(Arc::new(stores), qwen.clone(), true)),
+            qwen,
+        )
+    }
+
+    /// The store alone watches Qwen Code's file: its own writes are never taken for a
+    /// login made with Qwen Code, another program's are imported once.
+    #[tokio::test]
+    async fn own_writes_are_not_imports_and_foreign_ones_are_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, qwen) = persistence(dir.path());
+        let far = 4_000_000_000_000;
+        assert!(p.import_if_changed().is_none(), "no file yet");
+        p.save_login(&creds("at-ours", far)).await.unwrap();
+        assert!(qwen.path().exists());
+        assert!(p.import_if_changed().is_none(), "our own write");
+        // Qwen Code logs in: a newer file, written by someone else.
+        std::fs::write(
+            qwen.path(),
+            format!(
+                r#"{{"access_token":"at-theirs","refresh_token":"rt2","token_type":"Bearer","resource_url":"portal.qwen.ai","expiry_date":{}}}"#,
+                far + 1
+            ),
+        )
+        .unwrap();
+        let imported = p.import_if_changed().expect("a foreign write is a login");
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&imported.access_token),
+            "at-theirs"
+        );
+        assert!(p.import_if_changed().is_none(), "imported once");
+    }
+
+    /// The report of what a logout removed comes back from the call that removed it.
+    #[tokio::test]
+    async fn clearing_returns_its_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, qwen) = persistence(dir.path());
+        p.save_login(&creds("at", 4_000_000_000_000)).await.unwrap();
+        let report = p.clear_reporting("logged out").await.unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        for target in [LogoutTarget::File, LogoutTarget::QwenCodeFile] {
+            assert!(
+                report
+                    .done
+                    .iter()
+                    .any(|(t, r)| *t == target && !matches!(r, Removal::NotPresent)),
+                "{target:?} in {:?}",
+                report.done
+            );
+        }
+        assert!(!qwen.path().exists());
+        assert!(p.import_if_changed().is_none(), "our own removal");
+        let again = p.clear_reporting("logged out").await.unwrap();
+        assert!(
+            again
+                .done
+                .iter()
+                .all(|(_, r)| matches!(r, Removal::NotPresent)),
+            "{:?}",
+            again.done
+        );
+    }
+}
