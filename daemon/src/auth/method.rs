@@ -1,36 +1,14 @@
 //! One request's view of a client (its settings, its `.env`, the warnings about both) and
-//! the choices made from it: the method, the model, the OpenAI-compatible configuration.
+//! the choices made from it: the method and the Qwen OAuth model.
 use std::cell::OnceCell;
-
-use secrecy::SecretString;
 
 use super::ClientCtx;
 use crate::dotenv::{EnvRequest, Resolver};
 use crate::settings::{AuthType, View};
 
-pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
-pub const DEFAULT_OPENAI_MODEL: &str = "qwen3.5-plus";
 pub const DEFAULT_OAUTH_MODEL: &str = "coder-model";
 /// Models the Qwen OAuth tier serves.
 pub const OAUTH_MODELS: [&str; 2] = ["coder-model", "vision-model"];
-
-/// The OpenAI-compatible configuration for a client. The key is a secret: `Debug` hides it.
-#[derive(Clone, Default)]
-pub struct OpenAiConfig {
-    pub api_key: Option<SecretString>,
-    pub base_url: String,
-    pub model: String,
-}
-
-impl std::fmt::Debug for OpenAiConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiConfig")
-            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
-            .field("base_url", &self.base_url)
-            .field("model", &self.model)
-            .finish()
-    }
-}
 
 /// What the client's `.env` sets (values are secrets; never printed).
 struct DotEnv {
@@ -137,23 +115,6 @@ impl<'a> Caller<'a> {
             Some(AuthType::OpenAi)
         } else {
             None
-        }
-    }
-
-    /// Environment, `.env`, then settings; the defaults last.
-    pub fn openai_config(&self) -> OpenAiConfig {
-        let var = |k: &str| self.var(k).map(String::from);
-        OpenAiConfig {
-            api_key: var("OPENAI_API_KEY")
-                .map(SecretString::from)
-                .or_else(|| self.settings.api_key().cloned()),
-            base_url: var("OPENAI_BASE_URL")
-                .or_else(|| self.settings.base_url().map(String::from))
-                .unwrap_or_else(|| DEFAULT_OPENAI_BASE_URL.to_string()),
-            model: var("OPENAI_MODEL")
-                .or_else(|| var("QWEN_MODEL"))
-                .or_else(|| self.settings.model().map(String::from))
-                .unwrap_or_else(|| DEFAULT_OPENAI_MODEL.to_string()),
         }
     }
 

@@ -19,15 +19,14 @@ use crate::tokens::{TokenError, TokenManager};
 use qwend_shared::api::{self, event::Kind};
 
 mod method;
+mod openai;
 mod runtime;
 #[cfg(test)]
 mod tests;
 
 pub use crate::settings::AuthType;
-pub use method::{
-    Caller, DEFAULT_OAUTH_MODEL, DEFAULT_OPENAI_BASE_URL, DEFAULT_OPENAI_MODEL, OAUTH_MODELS,
-    OpenAiConfig,
-};
+pub use method::{Caller, DEFAULT_OAUTH_MODEL, OAUTH_MODELS};
+pub use openai::{DEFAULT_OPENAI_BASE_URL, DEFAULT_OPENAI_MODEL, OpenAiConfig};
 pub use runtime::OAuthSettings;
 
 /// Warnings that explain an error (say, a settings file left out), shown after it.
