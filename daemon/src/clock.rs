@@ -11,6 +11,12 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 
 pub type SharedClock = Arc<dyn Clock>;
 
+/// A duration in whole milliseconds (the unit of every timestamp and delay on the wire),
+/// saturating instead of wrapping.
+pub fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 

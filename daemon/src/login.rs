@@ -254,9 +254,7 @@ impl LoginCoordinator {
         let result = match polled {
             Ok(creds) => {
                 let expires = creds.expiry_date;
-                // Before the tokens are usable, so no permit for them counts on the
-                // previous account (a small file write, once per login).
-                self.auth.observe_account(creds.account.as_ref());
+                // The token manager tells the account tracker before they are usable.
                 let installed = tokens.install(creds).await;
                 self.auth.announce_login_at(expires);
                 let auth = self.auth.clone();

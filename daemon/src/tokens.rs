@@ -15,7 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
+use crate::account::AccountTracker;
+use crate::clock::{SharedClock, millis};
 use crate::credentials::Credentials;
 use crate::oauth::{OAuthClient, RefreshError, TokenResponse};
 
@@ -63,6 +64,12 @@ pub enum TokenError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct PersistenceError(pub String);
+
+impl From<crate::blocking::BlockingError> for PersistenceError {
+    fn from(e: crate::blocking::BlockingError) -> Self {
+        Self(e.to_string())
+    }
+}
 
 /// Where credentials live between runs (the store, written elsewhere).
 #[async_trait]
@@ -178,10 +185,6 @@ fn jitter() -> f64 {
     getrandom::u64().map_or(0.5, |r| (r >> 11) as f64 / (1u64 << 53) as f64)
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 type Outcome = Result<Credentials, TokenError>;
 
 enum Fresh {
@@ -226,6 +229,8 @@ struct Inner {
     pokes: AtomicU64,
     /// The last poke the scheduler had seen when it last went to sleep.
     settled: watch::Sender<u64>,
+    /// Told whose credentials are in use (see [`TokenManager::observing`]).
+    accounts: std::sync::OnceLock<Arc<AccountTracker>>,
 }
 
 struct State {
@@ -358,8 +363,20 @@ impl TokenManager {
                 wake: Notify::new(),
                 pokes: AtomicU64::new(0),
                 settled: watch::channel(0).0,
+                accounts: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Tells `accounts` whose credentials are in use: now, and before any new ones (a
+    /// login, an adopted file, a refresh) become usable, so no permit for them counts on
+    /// the previous account. The one place the quota's account follows the login.
+    pub fn observing(self, accounts: Arc<AccountTracker>) -> Self {
+        if let Some(c) = self.peek() {
+            accounts.observe(c.account.as_ref());
+        }
+        let _ = self.inner.accounts.set(accounts);
+        self
     }
 
     /// Credentials whose access token is valid for at least
@@ -409,12 +426,11 @@ impl TokenManager {
         let _guard = self.inner.store_lock("login").await;
         let _persist = self.inner.persist.lock().await;
         let saved = self.inner.persistence.save_login(&creds).await;
-        let mut st = self.inner.lock();
-        st.epoch += 1;
-        st.generation += 1;
         let mut active = Active::new(creds, self.inner.clock.now_ms());
         active.unsaved = saved.as_ref().err().map(|e| e.0.clone());
-        st.login = Login::Active(active);
+        let mut st = self.inner.lock();
+        st.epoch += 1;
+        self.inner.activate(&mut st, active);
         self.inner.publish(&st);
         drop(st);
         tracing::info!("new Qwen OAuth login installed");
@@ -431,8 +447,8 @@ impl TokenManager {
             // Our own clear removed the file; keep saying why.
             (None, Login::Relogin(_) | Login::LoggedOut) => return,
             (Some(c), _) => {
-                st.generation += 1;
-                st.login = Login::Active(Active::new(c, self.inner.clock.now_ms()));
+                let active = Active::new(c, self.inner.clock.now_ms());
+                self.inner.activate(&mut st, active);
             }
             (None, _) => st.login = Login::LoggedOut,
         }
@@ -442,15 +458,24 @@ impl TokenManager {
 
     /// Forget the login everywhere.
     pub async fn logout(&self, reason: &str) -> Result<(), TokenError> {
+        let persistence = self.inner.persistence.clone();
+        self.logout_with(async move { persistence.clear(reason).await })
+            .await
+            .map_err(|e| TokenError::Persistence { reason: e.0 })
+    }
+
+    /// Forget the login, with `clear` removing the stored credentials (under the store's
+    /// lock, like every change of the login) and answering what it did: a caller that
+    /// reports where credentials were removed from gets its report straight back.
+    pub async fn logout_with<T>(&self, clear: impl std::future::Future<Output = T>) -> T {
         let _guard = self.inner.store_lock("logout").await;
         let _persist = self.inner.persist.lock().await;
-        let cleared = self.inner.persistence.clear(reason).await;
+        let cleared = clear.await;
         let mut st = self.inner.lock();
         st.epoch += 1;
         st.login = Login::LoggedOut;
         self.inner.publish(&st);
-        drop(st);
-        cleared.map_err(|e| TokenError::Persistence { reason: e.0 })
+        cleared
     }
 
     /// The credentials held now, as they are (no refresh).
@@ -513,6 +538,16 @@ impl Inner {
                 None
             }
         }
+    }
+
+    /// Makes `active` the login. The account tracker hears of it first (a small file
+    /// write when the account changes, rare enough to do under the lock).
+    fn activate(&self, st: &mut State, active: Active) {
+        if let Some(accounts) = self.accounts.get() {
+            accounts.observe(active.creds.account.as_ref());
+        }
+        st.generation += 1;
+        st.login = Login::Active(active);
     }
 
     fn valid_now(&self) -> Option<Credentials> {
@@ -613,11 +648,10 @@ impl Inner {
                         creds
                     }
                 };
-                let mut st = self.lock();
-                st.generation += 1;
                 let mut active = Active::new(creds.clone(), now);
                 active.unsaved = unsaved;
-                st.login = Login::Active(active);
+                let mut st = self.lock();
+                self.activate(&mut st, active);
                 st.flight = None;
                 self.publish(&st);
                 Ok(creds)
@@ -1176,6 +1210,48 @@ mod tests {
     }
 
     /// `oauth-clear.json`
+    /// The account tracker hears of every login before its tokens can be used: the
+    /// initial credentials, an adopted file, a login, a refresh naming another account.
+    #[tokio::test]
+    async fn every_new_login_is_observed_before_it_is_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let accounts = Arc::new(AccountTracker::open(dir.path().join("oauth_account")));
+        let who = |sub: &str| {
+            crate::account::AccountId::from_jwt(&crate::account::jwt(
+                &serde_json::json!({"iss": "q", "sub": sub}),
+            ))
+        };
+        let with = |at: &str, sub: &str| Credentials {
+            account: who(sub),
+            ..creds(at, "rt", NOW - 1000)
+        };
+        let key = |sub: &str| who(sub).unwrap().quota_key();
+        let h = harness(Some(with("at-a", "alice"))).await;
+        let manager = h.manager.clone().observing(accounts.clone());
+        assert_eq!(&*accounts.key(), key("alice"));
+        manager.adopt(Some(with("at-b", "bob"))).await;
+        assert_eq!(&*accounts.key(), key("bob"));
+        manager.install(with("at-c", "carol")).await.unwrap();
+        assert_eq!(&*accounts.key(), key("carol"));
+        // A refresh answer naming another account (its id_token).
+        let id_token = crate::account::jwt(&serde_json::json!({"iss": "q", "sub": "dave"}));
+        h.server.set_default(
+            TOKEN_PATH,
+            crate::oauth::mock::Reply::json(
+                200,
+                serde_json::json!({
+                    "access_token": "at-refreshed", "token_type": "Bearer", "expires_in": 3600,
+                    "resource_url": "portal.qwen.ai", "id_token": id_token,
+                }),
+            ),
+        );
+        manager.get(true).await.unwrap();
+        assert_eq!(&*accounts.key(), key("dave"));
+        // Credentials naming no account keep the last known one.
+        manager.adopt(Some(creds("at-e", "rt", NOW + HOUR))).await;
+        assert_eq!(&*accounts.key(), key("dave"));
+    }
+
     #[tokio::test]
     async fn logout_clears_the_store() {
         let h = harness(Some(creds("at-valid", "rt-1", NOW + HOUR))).await;

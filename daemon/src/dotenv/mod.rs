@@ -3,12 +3,10 @@
 //!
 //! The daemon serves many clients, so nothing here reads the daemon's own environment:
 //! HOME, QWEN_HOME and the set of already-present keys all come from the request.
-mod cache;
 pub(crate) mod parse;
 mod resolve;
 #[cfg(target_os = "linux")]
 mod watch;
 
-pub use cache::{FileCache, Loaded};
 pub use parse::parse;
 pub use resolve::{EnvError, EnvRequest, MAX_ENV_FILE_BYTES, Resolution, Resolver, SkipReason};

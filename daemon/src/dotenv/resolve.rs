@@ -1,18 +1,16 @@
 //! Which file applies, and what loading it sets for one client.
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use serde_json::Value;
-
-use super::cache::{FileCache, Loaded};
-use crate::qwen_settings::{self, Exclusions};
+use crate::filecache::{FileCache, Loaded};
+use crate::settings::{Settings, View, normalize};
 
 /// Files above this size are not loaded (with a warning). Qwen Code loads a `.env` of any
 /// size, so the bound is generous; it only keeps a runaway file from costing the daemon
 /// its memory (and large files are read one at a time, see the cache).
 pub const MAX_ENV_FILE_BYTES: u64 = 64 * 1024 * 1024;
-use crate::qwen_settings::MAX_SETTINGS_BYTES;
 const CACHE_ENTRIES: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,14 +70,15 @@ impl std::fmt::Debug for Resolution {
 }
 
 type Parsed = Vec<(String, String)>;
-type Settings = Result<Value, qwen_settings::SettingsError>;
 
 #[derive(Debug)]
 pub struct Resolver {
     #[cfg(target_os = "linux")]
     walks: super::watch::WalkCache,
     env_files: FileCache<Parsed>,
-    settings: FileCache<Settings>,
+    /// The daemon's one settings reader (for `advanced.excludedEnvVars`), shared with the
+    /// auth state.
+    settings: Arc<Settings>,
     max_env_bytes: u64,
 }
 
@@ -95,12 +94,33 @@ impl Resolver {
             #[cfg(target_os = "linux")]
             walks: super::watch::WalkCache::default(),
             env_files: FileCache::new(CACHE_ENTRIES, max_env_bytes),
-            settings: FileCache::new(CACHE_ENTRIES, MAX_SETTINGS_BYTES),
+            settings: Arc::new(Settings::default()),
             max_env_bytes,
         }
     }
 
+    /// The settings reader this resolver asks for exclusions.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.settings
+    }
+
+    /// The resolution for a client, with the settings read for it; their warnings come
+    /// first in the result's.
     pub fn resolve(&self, req: &EnvRequest<'_>) -> Result<Resolution, EnvError> {
+        self.resolve_in(req, None)
+    }
+
+    /// The resolution for a client whose settings `view` the caller already holds (and
+    /// reports the warnings of itself).
+    pub fn resolve_with(&self, req: &EnvRequest<'_>, view: &View) -> Result<Resolution, EnvError> {
+        self.resolve_in(req, Some(view))
+    }
+
+    fn resolve_in(
+        &self,
+        req: &EnvRequest<'_>,
+        view: Option<&View>,
+    ) -> Result<Resolution, EnvError> {
         if !req.cwd.is_absolute() {
             return Err(EnvError::RelativeCwd(req.cwd.to_path_buf()));
         }
@@ -128,17 +148,22 @@ impl Resolver {
             .map(|h| normalize(Path::new(h)))
             .ok_or(EnvError::NoHome)?;
         // Qwen Code 0.12.0 crashes here (realpath of HOME); we say why instead.
-        let home_meta =
-            std::fs::metadata(&home).map_err(|_| EnvError::HomeMissing(home.clone()))?;
-        let cwd_is_home = cwd_id == (home_meta.dev(), home_meta.ino());
+        std::fs::metadata(&home).map_err(|_| EnvError::HomeMissing(home.clone()))?;
 
         // Qwen Code walks from process.cwd(), which is the physical path.
-        let (cwd, file) = self.walk(req.cwd, cwd_id, &home).map_err(cwd_err)?;
+        let (_, file) = self.walk(req.cwd, cwd_id, &home).map_err(cwd_err)?;
         let mut res = Resolution {
             file,
             ..Resolution::default()
         };
-        let exclusions = self.exclusions(req, &cwd, &home, cwd_is_home, &mut res.warnings);
+        let exclusions = match view {
+            Some(view) => view.exclusions(),
+            None => {
+                let view = self.settings.view(req.cwd, req.client_env, None);
+                res.warnings.extend_from_slice(view.warnings());
+                view.exclusions()
+            }
+        };
         let Some(file) = res.file.clone() else {
             return Ok(res);
         };
@@ -215,56 +240,6 @@ impl Resolver {
     pub fn max_env_bytes(&self) -> u64 {
         self.max_env_bytes
     }
-
-    /// User settings, then workspace settings (`<cwd>/.qwen/settings.json`, skipped when
-    /// the cwd is HOME), as Qwen Code's loadSettings. A bad file is a warning: the
-    /// resolution goes on without it, as in Qwen Code.
-    fn exclusions(
-        &self,
-        req: &EnvRequest<'_>,
-        cwd: &Path,
-        home: &Path,
-        cwd_is_home: bool,
-        warnings: &mut Vec<String>,
-    ) -> Exclusions {
-        let qwen_home = req
-            .client_env
-            .get("QWEN_HOME")
-            .filter(|q| !q.is_empty())
-            .map(PathBuf::from);
-        let mut paths = vec![qwen_settings::user_settings_path(
-            home,
-            qwen_home.as_deref(),
-        )];
-        if !cwd_is_home {
-            paths.push(cwd.join(".qwen").join("settings.json"));
-        }
-        let mut docs = Vec::new();
-        for p in paths {
-            match self.settings.get(&p, |b| {
-                qwen_settings::parse(&p, &String::from_utf8_lossy(b))
-            }) {
-                Ok(Loaded::Value(doc)) => match &*doc {
-                    Ok(v) => docs.push(v.clone()),
-                    Err(e) => warnings.push(format!("settings ignored: {e}")),
-                },
-                Ok(Loaded::TooLarge { size, .. }) => warnings.push(format!(
-                    "settings ignored: {} is too large ({size} bytes)",
-                    p.display()
-                )),
-                Err(e) if is_absent(&e) => {}
-                Err(e) => warnings.push(format!("settings ignored: {}: {e}", p.display())),
-            }
-        }
-        Exclusions::from_settings(docs.iter())
-    }
-}
-
-fn is_absent(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-    )
 }
 
 #[cfg(target_os = "linux")]
@@ -413,22 +388,6 @@ pub fn find_env_file(cwd: &Path, home: &Path) -> Option<PathBuf> {
     [home.join(".qwen").join(".env"), home.join(".env")]
         .into_iter()
         .find(|p| exists(p))
-}
-
-/// node's `path.normalize` for an absolute path: `.` and `..` removed lexically, no
-/// symlinks resolved (Qwen Code joins HOME this way).
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

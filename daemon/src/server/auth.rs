@@ -10,6 +10,8 @@ use tonic::{Request, Response, Status};
 
 use super::validate::client_ctx;
 use crate::auth::{AuthError, AuthState, AuthType};
+use crate::blocking::{BlockingError, STORE_DEADLINE, run};
+use crate::clock::millis;
 use crate::events::Hub;
 use crate::login::{LoginCoordinator, LoginResult, Outcome, Start, Update};
 use crate::oauth::DeviceFlowEvent;
@@ -43,7 +45,7 @@ pub fn to_api_type(t: Option<AuthType>) -> api::AuthType {
     }
 }
 
-fn status_to_api(auth: &AuthState, st: crate::auth::Status) -> api::AuthStatus {
+fn status_to_api(st: crate::auth::Status) -> api::AuthStatus {
     api::AuthStatus {
         auth_type: to_api_type(st.auth_type) as i32,
         logged_in: st.logged_in,
@@ -52,14 +54,17 @@ fn status_to_api(auth: &AuthState, st: crate::auth::Status) -> api::AuthStatus {
         base_url: st.base_url,
         model: st.model,
         warnings: st.warnings,
-        settings_file: auth.settings_path().display().to_string(),
+        settings_file: st
+            .settings_file
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     }
 }
 
 pub(super) fn to_status(e: AuthError) -> Status {
     match e {
         AuthError::NoApiKey { .. }
-        | AuthError::NothingConfigured
+        | AuthError::NothingConfigured { .. }
         | AuthError::MissingApiKey { .. }
         | AuthError::NotLoggedIn => Status::failed_precondition(e.to_string()),
         // Not FAILED_PRECONDITION: clients read that as "authentication needed".
@@ -72,17 +77,14 @@ pub(super) fn to_status(e: AuthError) -> Status {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    crate::blocking::run("auth request", crate::blocking::STORE_DEADLINE, f)
-        .await
-        .map_err(|e| match e {
-            crate::blocking::BlockingError::Deadline { .. } => {
-                Status::deadline_exceeded(e.to_string())
-            }
-            crate::blocking::BlockingError::Failed { .. } => Status::internal(e.to_string()),
-        })?
+/// A request that outlived its blocking job's deadline gets DEADLINE_EXCEEDED.
+impl From<BlockingError> for Status {
+    fn from(e: BlockingError) -> Self {
+        match e {
+            BlockingError::Deadline { .. } => Status::deadline_exceeded(e.to_string()),
+            BlockingError::Failed { .. } => Status::internal(e.to_string()),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -95,12 +97,8 @@ impl Auth for AuthService {
         // Picks up a login made meanwhile with Qwen Code; a store problem shows in status.
         let _ = self.auth.tokens().await;
         let auth = self.auth.clone();
-        let st = blocking(move || {
-            let st = auth.status(&ctx).map_err(to_status)?;
-            Ok(status_to_api(&auth, st))
-        })
-        .await?;
-        Ok(Response::new(st))
+        let st = run("auth request", STORE_DEADLINE, move || auth.status(&ctx)).await?;
+        Ok(Response::new(status_to_api(st)))
     }
 
     async fn switch_auth(
@@ -119,12 +117,13 @@ impl Auth for AuthService {
         };
         let ctx = client_ctx(req.client)?;
         let auth = self.auth.clone();
-        let st = blocking(move || {
-            let st = auth.switch(to, &ctx).map_err(to_status)?;
-            tracing::info!(method = to.as_str(), "auth method switched");
-            Ok(status_to_api(&auth, st))
+        let st = run("auth request", STORE_DEADLINE, move || {
+            auth.switch(to, &ctx)
         })
-        .await?;
+        .await?
+        .map_err(to_status)?;
+        tracing::info!(method = to.as_str(), "auth method switched");
+        let st = status_to_api(st);
         self.hub.publish(Kind::AuthSwitched(api::AuthSwitched {
             auth_type: st.auth_type,
         }));
@@ -243,10 +242,6 @@ impl Auth for AuthService {
             warnings: ready.warnings,
         }))
     }
-}
-
-fn millis(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn event(kind: LoginKind) -> LoginEvent {

@@ -42,13 +42,7 @@ impl Env for EnvService {
                 })
             },
         )
-        .await
-        .map_err(|e| match e {
-            crate::blocking::BlockingError::Deadline { .. } => {
-                Status::deadline_exceeded(e.to_string())
-            }
-            crate::blocking::BlockingError::Failed { .. } => Status::internal(e.to_string()),
-        })?
+        .await?
         .map_err(|e| match e {
             EnvError::RelativeCwd(_) | EnvError::NoHome => Status::invalid_argument(e.to_string()),
             EnvError::CwdMissing { .. } | EnvError::HomeMissing(_) => {

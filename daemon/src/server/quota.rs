@@ -1,8 +1,5 @@
 //! `qwend.v1.Quota`: permits, outcomes and usage for the caller's account.
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use serde_json::Value;
 
 use qwend_shared::api::quota_server::Quota as QuotaRpc;
 use qwend_shared::api::{
@@ -15,7 +12,6 @@ use super::validate::client_ctx;
 use crate::auth::{AuthState, AuthType, ClientCtx};
 use crate::clock::SharedClock;
 use crate::config::OPENAI_ACCOUNT;
-use crate::dotenv::{FileCache, Loaded};
 use crate::events::Hub;
 use crate::quota::{Decision, Outcome, Quota, Reason, Snapshot};
 use qwend_shared::api::event::Kind;
@@ -32,7 +28,6 @@ pub struct QuotaService {
     auth: Arc<AuthState>,
     clock: SharedClock,
     hub: Arc<Hub>,
-    selection: Arc<Selections>,
     /// The `openai` account key, allocated once.
     openai: Arc<str>,
 }
@@ -40,7 +35,6 @@ pub struct QuotaService {
 impl QuotaService {
     pub fn new(quota: Arc<Quota>, auth: Arc<AuthState>, clock: SharedClock, hub: Arc<Hub>) -> Self {
         Self {
-            selection: Arc::new(Selections::new(auth.settings_path())),
             openai: Arc::from(OPENAI_ACCOUNT),
             quota,
             auth,
@@ -65,11 +59,7 @@ impl QuotaService {
     /// Inline rather than on the blocking pool: with warm caches this is a few `stat`s,
     /// and the thread hop would cost more than the work on the permit hot path.
     async fn account(&self, ctx: ClientCtx) -> Result<Arc<str>, Status> {
-        let method = match self.selection.explicit(&ctx.cwd) {
-            Some(method) => Some(method),
-            None => self.auth.selected_for(&ctx),
-        };
-        Ok(match method {
+        Ok(match self.auth.method_for(&ctx) {
             Some(AuthType::OpenAi) => self.openai.clone(),
             _ => self.auth.oauth_account(),
         })
@@ -77,79 +67,6 @@ impl QuotaService {
 
     fn status(&self, account: &str) -> api::QuotaStatus {
         snapshot_to_api(account, &self.quota.snapshot(account, self.clock.now_ms()))
-    }
-}
-
-/// The two settings keys that name the method, as found in one settings file.
-#[derive(Debug, Default)]
-struct SelectionKeys {
-    selected_type: Option<Value>,
-    selected_auth_type: Option<Value>,
-}
-
-/// The method as the settings files name it, answered from the few keys that decide it.
-///
-/// Most users have the method recorded in their settings (Qwen Code writes it at login), and
-/// then the caller's environment and `.env` play no part. `AuthState::selected_for` answers
-/// the same question by cloning whole parsed settings documents and joining paths on every
-/// call: on the permit path that was a tenth of the daemon's instructions. Here each file
-/// is re-validated by the same one-`stat` cache (so an edited or replaced settings file is
-/// seen on the next permit), but only the two keys are kept. Anything unusual (no explicit
-/// method, an unreadable or invalid file) returns `None` and the caller asks `AuthState`,
-/// which stays the authority; the tests check the two agree.
-#[derive(Debug)]
-struct Selections {
-    user: PathBuf,
-    files: FileCache<Option<SelectionKeys>>,
-}
-
-impl Selections {
-    fn new(user: PathBuf) -> Self {
-        Self {
-            user,
-            files: FileCache::new(256, 4 * 1024 * 1024),
-        }
-    }
-
-    /// `Ok(None)`: no such file; `Err`: anything the fast path does not handle.
-    fn keys(&self, path: &Path) -> Result<Option<Arc<Option<SelectionKeys>>>, ()> {
-        let loaded = self.files.get(path, |bytes| {
-            let doc = crate::qwen_settings::parse(path, &String::from_utf8_lossy(bytes)).ok()?;
-            let (selected_type, selected_auth_type) = crate::auth::selection_keys(&doc);
-            Some(SelectionKeys {
-                selected_type: selected_type.cloned(),
-                selected_auth_type: selected_auth_type.cloned(),
-            })
-        });
-        match loaded {
-            Ok(Loaded::Value(keys)) if keys.is_some() => Ok(Some(keys)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Ok(None)
-            }
-            _ => Err(()),
-        }
-    }
-
-    /// The method the settings select for a caller in `cwd`, when they select one.
-    fn explicit(&self, cwd: &Path) -> Option<AuthType> {
-        let user = self.keys(&self.user).ok()?;
-        let ws_path = cwd.join(".qwen/settings.json");
-        let ws = if ws_path == self.user {
-            None
-        } else {
-            self.keys(&ws_path).ok()?
-        };
-        let docs = [ws.as_deref(), user.as_deref()];
-        crate::auth::explicit_method(
-            docs.iter()
-                .filter_map(|d| d.and_then(Option::as_ref))
-                .map(|k| (k.selected_type.as_ref(), k.selected_auth_type.as_ref())),
-        )
     }
 }
 
@@ -286,169 +203,62 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use crate::dotenv::Resolver;
+    use crate::quota::QuotaConfig;
     use crate::store::StoreKind;
     use std::collections::HashMap;
-    use std::time::{Duration, SystemTime};
 
-    const QWEN: &str = r#"{"security": {"auth": {"selectedType": "qwen-oauth"}}}"#;
-    const OPENAI: &str = r#"{"security": {"auth": {"selectedType": "openai"}}}"#;
-
-    fn auth(home: &Path) -> AuthState {
-        AuthState::new(
-            home.join(".qwen"),
-            None,
+    /// The permit's account follows the same settings rule as every other reader: the
+    /// caller's files, a broken one left out rather than failing the permit.
+    #[tokio::test]
+    async fn the_account_follows_the_callers_settings() {
+        let t = tempfile::tempdir().unwrap();
+        let home = t.path().join("home");
+        let proj = t.path().join("proj");
+        std::fs::create_dir_all(home.join(".qwen")).unwrap();
+        std::fs::create_dir_all(proj.join(".qwen")).unwrap();
+        let clock: SharedClock = Arc::new(SystemClock);
+        let auth = Arc::new(AuthState::new(
+            t.path().join("daemon-qwen"),
+            Some(t.path().join("state")),
             Some(StoreKind::File),
-            Arc::new(SystemClock),
+            clock.clone(),
             Arc::new(Resolver::default()),
-        )
-    }
-
-    /// Writes `text` (or removes the file) and dates it `age` back, old enough for the
-    /// file cache to trust its stamp.
-    fn put(path: &Path, text: Option<&str>, age: Duration) {
-        match text {
-            Some(text) => {
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(path, text).unwrap();
-                std::fs::File::options()
-                    .write(true)
-                    .open(path)
-                    .unwrap()
-                    .set_modified(SystemTime::now() - age)
-                    .unwrap();
-            }
-            None => {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-
-    fn ctx(cwd: &Path, env: &[(&str, &str)]) -> ClientCtx {
-        ClientCtx {
-            cwd: cwd.to_path_buf(),
+        ));
+        let quota = Arc::new(Quota::in_memory(QuotaConfig::default(), clock.clone()).unwrap());
+        let hub = Arc::new(Hub::new(clock.clone()));
+        let svc = QuotaService::new(quota, auth.clone(), clock, hub);
+        let ctx = |env: &[(&str, &str)]| ClientCtx {
+            cwd: proj.clone(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
+                .chain([("HOME".to_string(), home.display().to_string())])
                 .collect::<HashMap<_, _>>(),
-        }
-    }
-
-    #[test]
-    fn the_fast_path_agrees_with_auth_state_whenever_it_answers() {
-        let t = tempfile::tempdir().unwrap();
-        let home = t.path();
-        let proj = home.join("proj");
-        std::fs::create_dir_all(&proj).unwrap();
-        let auth = auth(home);
-        let sel = Selections::new(auth.settings_path());
-        let docs: [Option<&str>; 8] = [
-            None,
-            Some(QWEN),
-            Some(OPENAI),
-            Some(r#"{"selectedAuthType": "openai"}"#),
-            Some("// Qwen Code allows comments\n{\"selectedAuthType\": \"qwen-oauth\"}"),
-            // The key's presence decides, so a bogus selectedType hides selectedAuthType.
-            Some(
-                r#"{"security": {"auth": {"selectedType": "bogus"}}, "selectedAuthType": "openai"}"#,
-            ),
-            Some(r#"{"security": {"auth": {"selectedType": 7}}}"#),
-            Some("{ not json"),
-        ];
-        // Two callers whose environments infer opposite methods: wherever the fast path
-        // answers, the answer must not depend on the environment.
-        let envs: [&[(&str, &str)]; 2] = [&[("OPENAI_API_KEY", "k")], &[("QWEN_OAUTH", "1")]];
-        let user_path = auth.settings_path();
-        let ws_path = proj.join(".qwen/settings.json");
-        let mut answered = 0;
-        for user in docs {
-            for ws in docs {
-                put(&user_path, user, Duration::from_secs(60));
-                put(&ws_path, ws, Duration::from_secs(60));
-                for cwd in [&proj, &home.to_path_buf()] {
-                    let fast = sel.explicit(cwd);
-                    for env in envs {
-                        let slow = auth.selected_for(&ctx(cwd, env));
-                        if fast.is_some() {
-                            assert_eq!(fast, slow, "user {user:?}, workspace {ws:?}, cwd {cwd:?}");
-                        }
-                    }
-                    answered += usize::from(fast.is_some());
-                }
-            }
-        }
-        // Explicit choices answered without AuthState: the common case must be fast.
-        put(&user_path, Some(QWEN), Duration::from_secs(60));
-        put(&ws_path, Some(OPENAI), Duration::from_secs(60));
-        assert_eq!(sel.explicit(&proj), Some(AuthType::OpenAi));
-        assert_eq!(sel.explicit(home), Some(AuthType::QwenOAuth));
-        put(&ws_path, Some("{ not json"), Duration::from_secs(60));
-        assert_eq!(sel.explicit(&proj), None, "unusual files go to AuthState");
-        assert!(
-            answered > 40,
-            "the fast path answered only {answered} cases"
-        );
-    }
-
-    #[test]
-    fn a_changed_settings_file_is_seen_by_the_next_permit() {
-        let t = tempfile::tempdir().unwrap();
-        let home = t.path();
-        let auth = auth(home);
-        let sel = Selections::new(auth.settings_path());
-        let user = auth.settings_path();
-        put(&user, Some(QWEN), Duration::from_secs(120));
-        assert_eq!(sel.explicit(home), Some(AuthType::QwenOAuth));
+        };
+        let oauth = auth.oauth_account();
+        assert_eq!(svc.account(ctx(&[])).await.unwrap(), oauth);
+        std::fs::write(
+            proj.join(".qwen/settings.json"),
+            r#"{"security": {"auth": {"selectedType": "openai"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(&*svc.account(ctx(&[])).await.unwrap(), OPENAI_ACCOUNT);
+        // A broken workspace file is left out: the user's choice applies.
+        std::fs::write(proj.join(".qwen/settings.json"), "{,}").unwrap();
+        std::fs::write(
+            home.join(".qwen/settings.json"),
+            r#"{"selectedAuthType": "qwen-oauth"}"#,
+        )
+        .unwrap();
         assert_eq!(
-            sel.explicit(home),
-            Some(AuthType::QwenOAuth),
-            "from the cache"
+            svc.account(ctx(&[("OPENAI_API_KEY", "k")])).await.unwrap(),
+            oauth
         );
-        // Rewritten in place to the same size with the same mtime: only the status
-        // change time differs, and that must be enough.
-        let openai = format!("{OPENAI:<width$}", width = QWEN.len());
-        assert_eq!(openai.len(), QWEN.len());
-        let mtime = std::fs::metadata(&user).unwrap().modified().unwrap();
-        std::fs::write(&user, &openai).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&user)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
-        assert_eq!(sel.explicit(home), Some(AuthType::OpenAi));
-        // Replaced by rename, as Qwen Code and `qwen auth switch` write it.
-        let tmp = home.join("settings.tmp");
-        put(&tmp, Some(QWEN), Duration::from_secs(60));
-        std::fs::rename(&tmp, &user).unwrap();
-        assert_eq!(sel.explicit(home), Some(AuthType::QwenOAuth));
-        // Removed: nothing explicit, so AuthState decides (and may infer).
-        put(&user, None, Duration::ZERO);
-        assert_eq!(sel.explicit(home), None);
-    }
-
-    #[test]
-    fn a_workspace_choice_is_per_directory_and_follows_its_file() {
-        let t = tempfile::tempdir().unwrap();
-        let home = t.path();
-        let (a, b) = (home.join("a"), home.join("b"));
-        let auth = auth(home);
-        let sel = Selections::new(auth.settings_path());
-        put(&auth.settings_path(), Some(QWEN), Duration::from_secs(60));
-        put(
-            &a.join(".qwen/settings.json"),
-            Some(OPENAI),
-            Duration::from_secs(60),
+        // And a broken user file too: the environment decides.
+        std::fs::write(home.join(".qwen/settings.json"), "{,}").unwrap();
+        assert_eq!(
+            &*svc.account(ctx(&[("OPENAI_API_KEY", "k")])).await.unwrap(),
+            OPENAI_ACCOUNT
         );
-        std::fs::create_dir_all(&b).unwrap();
-        assert_eq!(sel.explicit(&a), Some(AuthType::OpenAi));
-        assert_eq!(sel.explicit(&b), Some(AuthType::QwenOAuth));
-        put(
-            &b.join(".qwen/settings.json"),
-            Some(OPENAI),
-            Duration::from_secs(60),
-        );
-        put(&a.join(".qwen/settings.json"), None, Duration::ZERO);
-        assert_eq!(sel.explicit(&a), Some(AuthType::QwenOAuth));
-        assert_eq!(sel.explicit(&b), Some(AuthType::OpenAi));
     }
 }
