@@ -59,7 +59,7 @@ pub async fn send(
     out: &mut Option<Output>,
 ) -> Result<Answer, ClientError> {
     for w in &creds.warnings {
-        term::warn(w);
+        term::warn_once(w);
     }
     let mut retried_401 = false;
     let mut rate_limited = 0;

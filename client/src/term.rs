@@ -51,6 +51,21 @@ pub fn warn(text: &str) {
     }
 }
 
+/// [`warn`], each text once per process: a command that asks the daemon twice (`qwen
+/// exec`'s `.env` and credentials requests, every message of a session) would otherwise
+/// repeat the same settings or `.env` warning.
+pub fn warn_once(text: &str) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    {
+        let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+        if said.iter().any(|s| s == text) {
+            return;
+        }
+        said.push(text.to_string());
+    }
+    warn(text);
+}
+
 /// A time from the daemon (ms since the epoch) as RFC 3339; `None` when out of range.
 pub fn rfc3339(ms: i64) -> Option<String> {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

@@ -81,6 +81,16 @@ fn a_broken_settings_file_is_the_same_warning_everywhere_and_only_the_writer_ref
     );
     assert_eq!(mock.requests().len(), 1);
 
+    // `qwen exec` asks twice (the `.env`, then the credentials): the warning shows once.
+    let out = run(&env, &proj, &openai, &["exec", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).matches(warning.as_str()).count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+
     // With nothing else configured the answer is "authentication needed" (exit 3), and
     // it still names the broken file.
     let out = run(&env, &proj, &[], &["auth", "status", "--json"]);

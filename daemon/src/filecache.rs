@@ -248,14 +248,7 @@ mod tests {
     fn a_fifo_is_an_error_at_once() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join(".env");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &p,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        crate::fsread::make_fifo(&p);
         let cache: FileCache<()> = FileCache::new(8, 1024);
         let e = cache.get(&p, |_| ()).err().unwrap();
         assert!(e.to_string().contains("FIFO"), "{e}");

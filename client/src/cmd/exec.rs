@@ -24,11 +24,11 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, ClientError> {
     let ctx = context::at(&cwd);
     let resolved = context::resolve_env(&channel, &ctx).await?;
     for w in &resolved.warnings {
-        term::warn(w);
+        term::warn_once(w);
     }
     let creds = super::credentials::obtain(&channel, &ctx, None).await?;
     for w in &creds.warnings {
-        term::warn(w);
+        term::warn_once(w);
     }
     // Kept until qwen exits: the proxy secret lives exactly as long as this call.
     let (creds, _session) = match wants_proxy(creds.auth_type(), &args) {

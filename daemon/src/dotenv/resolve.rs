@@ -608,14 +608,7 @@ mod tests {
         let t = Tree::new();
         t.mkdir("p/sub");
         t.write("p/.env", "A=1\n");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            t.p("p/sub/.env"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        crate::fsread::make_fifo(&t.p("p/sub/.env"));
         let r = t.resolve("p/sub", &t.env(&[])).unwrap();
         assert_eq!(r.file.as_deref(), Some(t.p("p/sub/.env").as_path()));
         assert!(r.vars.is_empty());

@@ -71,8 +71,8 @@ impl Edit {
             .insert("selectedType".into(), Value::String(to.as_str().into()));
     }
 
-    /// Writes the file: temp file, fsync, rename, with the old file's mode (0600 for a new
-    /// one: settings.json may hold an API key, `security.auth.apiKey`).
+    /// Writes the file atomically with the old file's mode (0600 for a new one:
+    /// settings.json may hold an API key, `security.auth.apiKey`).
     pub fn save(self) -> Result<(), SettingsError> {
         let path = self.path.as_path();
         let werr = |source| SettingsError::Write {
@@ -86,18 +86,9 @@ impl Edit {
         }
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(werr)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(werr)?;
         let mut text = serde_json::to_string_pretty(&self.doc).expect("a Value always serializes");
         text.push('\n');
-        std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(werr)?;
-        tmp.as_file().sync_all().map_err(werr)?;
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map(|m| m.permissions().mode() & 0o777)
-            .unwrap_or(0o600);
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
-            .map_err(werr)?;
-        tmp.persist(path).map_err(|e| werr(e.error))?;
+        qwend_shared::files::atomic_write_keeping_mode(path, text.as_bytes()).map_err(werr)?;
         Ok(())
     }
 }
