@@ -188,7 +188,7 @@ impl Stats {
             Err(e) => {
                 self.failed[i].fetch_add(1, Ordering::Relaxed);
                 let mut f = self.failures.lock().unwrap();
-                if f.len() < 50 {
+                if f.len() < 10 {
                     f.push(format!("{op:?}: {e}"));
                 }
             }
@@ -234,6 +234,7 @@ struct World {
     qwen: PathBuf,
     qwend: PathBuf,
     model_base: String,
+    oauth_base: String,
     dirs: Vec<PathBuf>,
 }
 
@@ -259,6 +260,7 @@ impl World {
             .env("QWEND_STATE_DIR", &self.state)
             .env("QWEND_BIN", &self.qwend)
             .env("QWEN_CREDENTIAL_STORE", "file")
+            .env("QWEN_OAUTH_BASE_URL", &self.oauth_base)
             .env("QWEND_QUOTA_PER_MINUTE", "1000000000")
             .env("QWEND_QUOTA_PER_DAY", "1000000000")
             .env("QWEND_OPENAI_QUOTA_PER_MINUTE", "1000000000")
@@ -632,6 +634,7 @@ fn main() {
         qwen,
         qwend,
         model_base: model.base_url(),
+        oauth_base: oauth.base_url(),
         dirs,
     });
     println!(
@@ -755,12 +758,14 @@ async fn soak(cfg: &Config, world: Arc<World>, oauth: &oauth_mock::MockServer) -
             s
         }
     };
+    let last_report = std::cell::Cell::new((0u64, Duration::ZERO));
     let report = |stats: &Stats, at: Duration| {
         let (ok, failed) = stats.totals();
+        let (before, then) = last_report.replace((ok, at));
         println!(
-            "t={:>5.1}s: {ok} calls ok, {failed} failed ({:.0} calls/s)",
+            "t={:>5.1}s: {ok} calls ok, {failed} failed ({:.0} calls/s since the last line)",
             at.as_secs_f64(),
-            ok as f64 / at.as_secs_f64()
+            (ok - before) as f64 / (at - then).as_secs_f64()
         );
     };
     loop {

@@ -355,6 +355,14 @@ impl Chaos {
         let t = Instant::now();
         self.forced_refresh()?;
         let took = t.elapsed();
+        if std::env::var_os("QWEND_CHAOS_DEBUG").is_some() {
+            eprintln!("iteration {i} ({scenario:?}): lock left {left}, first write {took:?}");
+            if took > Duration::from_secs(1) {
+                let log = self.s.env.log();
+                let tail: Vec<_> = log.lines().rev().take(12).collect();
+                eprintln!("{tail:#?}");
+            }
+        }
         if left {
             self.max_takeover = self.max_takeover.max(took);
         }
@@ -747,7 +755,7 @@ fn kill_minus_nine_at_random_moments_loses_nothing_and_hangs_no_one() {
         ("QWEND_OAUTH_TIME_UNIT_MS", "1"),
         ("QWEND_QUOTA_PER_MINUTE", "1000000000"),
         ("QWEND_QUOTA_PER_DAY", "1000000000"),
-        ("QWEN_LOG", "info"),
+        ("QWEN_LOG", if std::env::var_os("QWEND_CHAOS_DEBUG").is_some() { "debug" } else { "info" }),
     ]);
     let dir = s.env.home.join(".qwen");
     std::fs::create_dir_all(&dir).unwrap();
