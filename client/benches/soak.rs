@@ -26,7 +26,6 @@
 //! (200), `--pause-ms P` (20: each client's pause between calls, so 200 clients on a
 //! 2-core machine measure the daemon and not the scheduler), `--seed N` (random).
 #[path = "../../daemon/src/oauth/mock.rs"]
-#[allow(dead_code)]
 mod oauth_mock;
 #[path = "../tests/common/openai_mock.rs"]
 #[allow(dead_code)]
@@ -383,8 +382,8 @@ impl Client {
                 }
             }
             Op::Credentials | Op::Refresh => {
-                let rejected = (op == Op::Refresh && !self.token.is_empty())
-                    .then(|| self.token.clone());
+                let rejected =
+                    (op == Op::Refresh && !self.token.is_empty()).then(|| self.token.clone());
                 let r = AuthClient::new(self.ch.clone())
                     .get_credentials(GetCredentialsRequest {
                         client: Some(ctx),
@@ -579,7 +578,11 @@ fn write_setup(root: &Path, model_port: u16) -> (PathBuf, Vec<PathBuf>) {
         } else {
             project.join(".env")
         };
-        std::fs::write(env_file, format!("SOAK_DIR=p{p}\nDEBUG=1\nexport X_{p}=\"v\"\n")).unwrap();
+        std::fs::write(
+            env_file,
+            format!("SOAK_DIR=p{p}\nDEBUG=1\nexport X_{p}=\"v\"\n"),
+        )
+        .unwrap();
         dirs.push(deep);
     }
     (home, dirs)
@@ -680,15 +683,13 @@ async fn soak(cfg: &Config, world: Arc<World>, oauth: &oauth_mock::MockServer) -
     let mut tasks = tokio::task::JoinSet::new();
     let mut seeder = Rng(cfg.seed);
     for i in 0..cfg.clients {
-        let ch = match tokio::time::timeout(
-            DEADLINE,
-            qwend_shared::transport::connect(&world.socket),
-        )
-        .await
-        {
-            Ok(Ok(ch)) => ch,
-            other => panic!("client {i} cannot connect: {other:?}"),
-        };
+        let ch =
+            match tokio::time::timeout(DEADLINE, qwend_shared::transport::connect(&world.socket))
+                .await
+            {
+                Ok(Ok(ch)) => ch,
+                other => panic!("client {i} cannot connect: {other:?}"),
+            };
         if i % 4 == 0 {
             tasks.spawn(watcher(ch.clone(), stop.clone(), stats.clone()));
         }
@@ -809,10 +810,7 @@ async fn soak(cfg: &Config, world: Arc<World>, oauth: &oauth_mock::MockServer) -
     .await;
     let elapsed = started.elapsed();
 
-    println!(
-        "\n| {:<12} | {:>9} | {:>6} |",
-        "operation", "ok", "failed"
-    );
+    println!("\n| {:<12} | {:>9} | {:>6} |", "operation", "ok", "failed");
     println!("| {:-<12} | {:->9} | {:->6} |", "", "", "");
     for (i, (op, _)) in MIX.iter().enumerate() {
         println!(
@@ -830,8 +828,8 @@ async fn soak(cfg: &Config, world: Arc<World>, oauth: &oauth_mock::MockServer) -
         oauth.count(oauth_mock::TOKEN_PATH)
     );
     let first = first.expect("a first sample");
-    let rss_limit = first.rss_kb
-        + (first.rss_kb * RSS_TOLERANCE_PCT / 100).max(RSS_TOLERANCE_MIN_KB);
+    let rss_limit =
+        first.rss_kb + (first.rss_kb * RSS_TOLERANCE_PCT / 100).max(RSS_TOLERANCE_MIN_KB);
     println!(
         "\n| daemon  | {:>10} | {:>10} | tolerance |",
         "first", "last"
@@ -866,13 +864,13 @@ async fn soak(cfg: &Config, world: Arc<World>, oauth: &oauth_mock::MockServer) -
         verdict.push(format!("descriptors grew {} -> {}", first.fds, last.fds));
     }
     if last.threads > first.threads + THREAD_TOLERANCE {
-        verdict.push(format!("threads grew {} -> {}", first.threads, last.threads));
+        verdict.push(format!(
+            "threads grew {} -> {}",
+            first.threads, last.threads
+        ));
     }
     if last.rss_kb > rss_limit {
-        verdict.push(format!(
-            "RSS grew {} -> {} kB",
-            first.rss_kb, last.rss_kb
-        ));
+        verdict.push(format!("RSS grew {} -> {} kB", first.rss_kb, last.rss_kb));
     }
     if verdict.is_empty() {
         println!("\nsoak PASSED: zero failed calls, no growth beyond the tolerances");

@@ -95,7 +95,9 @@ fn env_u64(key: &str) -> Option<u64> {
     let v = v.trim();
     Some(match v.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(hex, 16).expect("a hex number"),
-        None => v.parse().unwrap_or_else(|_| panic!("{key}={v} is not a number")),
+        None => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v} is not a number")),
     })
 }
 
@@ -115,7 +117,10 @@ fn generation(path: &Path) -> Result<Option<u64>, String> {
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| format!("{}: {key} is not ours: {raw}", path.display()))
     };
-    let (a, r) = (gen_of("access_token", "at-g")?, gen_of("refresh_token", "rt-g")?);
+    let (a, r) = (
+        gen_of("access_token", "at-g")?,
+        gen_of("refresh_token", "rt-g")?,
+    );
     if a != r {
         return Err(format!(
             "{}: access token of generation {a} with the refresh token of {r}",
@@ -256,7 +261,10 @@ impl Chaos {
     }
 
     fn generations(&self) -> Result<(Option<u64>, Option<u64>), String> {
-        Ok((generation(&self.qwen_file())?, generation(&self.our_file())?))
+        Ok((
+            generation(&self.qwen_file())?,
+            generation(&self.our_file())?,
+        ))
     }
 
     fn run(&mut self, iterations: u64) {
@@ -274,7 +282,8 @@ impl Chaos {
             *self.counts.entry(scenario).or_default() += 1;
             if let Err(e) = self.iteration(i, scenario, &mut pid) {
                 eprintln!("iteration {i} ({scenario:?}): {e}");
-                self.failures.push(format!("iteration {i} ({scenario:?}): {e}"));
+                self.failures
+                    .push(format!("iteration {i} ({scenario:?}): {e}"));
                 if self.failures.len() >= 10 {
                     break;
                 }
@@ -380,7 +389,9 @@ impl Chaos {
         }
         let now = self.generations()?;
         if now.0.is_none() || now.1.is_none() {
-            return Err(format!("a credential file is missing after a refresh: {now:?}"));
+            return Err(format!(
+                "a credential file is missing after a refresh: {now:?}"
+            ));
         }
 
         // The ledger: never fewer used than the clients saw granted.
@@ -637,7 +648,12 @@ impl Chaos {
         Ok((clients, t))
     }
 
-    fn wait_counter(&self, rx: &mut watch::Receiver<u64>, k: u64, what: &str) -> Result<(), String> {
+    fn wait_counter(
+        &self,
+        rx: &mut watch::Receiver<u64>,
+        k: u64,
+        what: &str,
+    ) -> Result<(), String> {
         self.s.rt.block_on(async {
             match tokio::time::timeout(HANG, rx.wait_for(|n| *n >= k)).await {
                 Ok(Ok(_)) => Ok(()),
@@ -755,7 +771,14 @@ fn kill_minus_nine_at_random_moments_loses_nothing_and_hangs_no_one() {
         ("QWEND_OAUTH_TIME_UNIT_MS", "1"),
         ("QWEND_QUOTA_PER_MINUTE", "1000000000"),
         ("QWEND_QUOTA_PER_DAY", "1000000000"),
-        ("QWEN_LOG", if std::env::var_os("QWEND_CHAOS_DEBUG").is_some() { "debug" } else { "info" }),
+        (
+            "QWEN_LOG",
+            if std::env::var_os("QWEND_CHAOS_DEBUG").is_some() {
+                "debug"
+            } else {
+                "info"
+            },
+        ),
     ]);
     let dir = s.env.home.join(".qwen");
     std::fs::create_dir_all(&dir).unwrap();
