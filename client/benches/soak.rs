@@ -175,14 +175,24 @@ struct Stats {
     ok: [AtomicU64; OPS],
     failed: [AtomicU64; OPS],
     failures: Mutex<Vec<String>>,
+    /// Microseconds of each successful call, per operation.
+    times: [Mutex<Vec<u32>>; OPS],
 }
 
 impl Stats {
     fn record(&self, op: Op, result: Result<(), String>) {
+        self.record_timed(op, result, Duration::ZERO);
+    }
+
+    fn record_timed(&self, op: Op, result: Result<(), String>, took: Duration) {
         let i = index(op);
         match result {
             Ok(()) => {
                 self.ok[i].fetch_add(1, Ordering::Relaxed);
+                if !took.is_zero() {
+                    let us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
+                    self.times[i].lock().unwrap().push(us);
+                }
             }
             Err(e) => {
                 self.failed[i].fetch_add(1, Ordering::Relaxed);
@@ -234,6 +244,8 @@ struct World {
     qwend: PathBuf,
     model_base: String,
     oauth_base: String,
+    /// Whether `curl` is there for the `qwen exec` calls.
+    curl: bool,
     dirs: Vec<PathBuf>,
 }
 
@@ -289,6 +301,10 @@ async fn bounded<T>(
         .await
         .map_err(|_| format!("{what}: no answer within {DEADLINE:?}"))?
 }
+
+/// The tool `qwen exec` runs: one streamed completion with the key and base URL exec gave
+/// it, which must end in `[DONE]`.
+const EXEC_CURL: &str = r#"curl -sfN --max-time 15 -H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' -d '{"messages":[{"role":"user","content":"hi"}],"stream":true}' "$OPENAI_BASE_URL/chat/completions" | grep -q '^data: \[DONE\]'"#;
 
 const BODY: &str =
     r#"{"model":"soak-model","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
@@ -495,10 +511,12 @@ impl Client {
                 }
             }
             Op::Process => {
-                let args: &[&str] = if self.rng.below(2) == 0 {
-                    &["-p", "hi", "--no-wait"]
-                } else {
-                    &["exec", "--", "sh", "-c", r#"test -n "$OPENAI_API_KEY""#]
+                // `qwen -p`, or a streamed completion through `qwen exec`'s proxy session
+                // (curl as the tool; without curl, a tool that only checks its key).
+                let args: &[&str] = match (self.rng.below(2), self.world.curl) {
+                    (0, _) => &["-p", "hi", "--no-wait"],
+                    (_, true) => &["exec", "--", "sh", "-c", EXEC_CURL],
+                    (_, false) => &["exec", "--", "sh", "-c", r#"test -n "$OPENAI_API_KEY""#],
                 };
                 let out = self
                     .world
@@ -630,6 +648,13 @@ fn main() {
         ),
     );
     let (home, dirs) = write_setup(root.path(), model.port);
+    let curl = std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !curl {
+        println!("no curl: `qwen exec` runs a tool that only checks its key");
+    }
     let world = Arc::new(World {
         socket: root.path().join("run/qwend.sock"),
         state: root.path().join("state"),
@@ -638,6 +663,7 @@ fn main() {
         qwend,
         model_base: model.base_url(),
         oauth_base: oauth.base_url(),
+        curl,
         dirs,
     });
     println!(
@@ -719,8 +745,9 @@ async fn soak(cfg: &Config, world: Arc<World>, oauth: &oauth_mock::MockServer) -
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
+                    let t = Instant::now();
                     let r = bounded(&format!("{op:?}"), client.run(op)).await;
-                    stats.record(op, r);
+                    stats.record_timed(op, r, t.elapsed());
                 }
                 let jitter = client.rng.below(pause.as_millis() as u64 + 1);
                 tokio::time::sleep(pause / 2 + Duration::from_millis(jitter)).await;
@@ -810,14 +837,27 @@ async fn soak(cfg: &Config, world: Arc<World>, oauth: &oauth_mock::MockServer) -
     .await;
     let elapsed = started.elapsed();
 
-    println!("\n| {:<12} | {:>9} | {:>6} |", "operation", "ok", "failed");
-    println!("| {:-<12} | {:->9} | {:->6} |", "", "", "");
+    println!(
+        "\n| {:<12} | {:>9} | {:>6} | {:>8} | {:>8} |",
+        "operation", "ok", "failed", "p50 ms", "p99 ms"
+    );
+    println!(
+        "| {:-<12} | {:->9} | {:->6} | {:->8} | {:->8} |",
+        "", "", "", "", ""
+    );
     for (i, (op, _)) in MIX.iter().enumerate() {
+        let mut t = std::mem::take(&mut *stats.times[i].lock().unwrap());
+        t.sort_unstable();
+        let pct = |p: usize| t.get((t.len() * p / 100).min(t.len().saturating_sub(1)));
+        let ms =
+            |v: Option<&u32>| v.map_or("-".to_string(), |us| format!("{:.1}", *us as f64 / 1000.0));
         println!(
-            "| {:<12} | {:>9} | {:>6} |",
+            "| {:<12} | {:>9} | {:>6} | {:>8} | {:>8} |",
             format!("{op:?}"),
             stats.ok[i].load(Ordering::Relaxed),
-            stats.failed[i].load(Ordering::Relaxed)
+            stats.failed[i].load(Ordering::Relaxed),
+            ms(pct(50)),
+            ms(pct(99)),
         );
     }
     let (ok, failed) = stats.totals();
