@@ -18,7 +18,8 @@
 //!
 //! The daemon is sampled from /proc at minute 1 (or a fifth of a shorter run) and at the
 //! end, each time with the load paused and in-flight calls finished (a write lock every
-//! call holds a read guard of), so both samples see the same steady state. It fails (exit 1)
+//! call holds a read guard of), every proxy session revoked and idle blocking-pool threads
+//! gone (11 s), so both samples see the same steady state. It fails (exit 1)
 //! on any failed call, a daemon restart, or growth beyond the tolerances printed with the
 //! figures (descriptors +16, threads +8, RSS +25 % or +8 MB, whichever is larger).
 //!
@@ -55,6 +56,9 @@ use tonic::transport::Channel;
 /// The deadline of one call (a proxied completion or a `qwen` process included).
 const DEADLINE: Duration = Duration::from_secs(20);
 const KEY: &str = "sk-soak-openai-key";
+
+/// Tokio's default keep-alive of an idle blocking-pool thread (10 s), and a margin.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(11);
 
 /// Tolerated growth between the first sample and the last.
 const FD_TOLERANCE: u64 = 16;
@@ -775,6 +779,10 @@ async fn soak(cfg: &Config, world: Arc<World>, oauth: &oauth_mock::MockServer) -
                 )
                 .await;
             }
+            // The runtime's blocking-pool threads (file writes, the credential lock) exit
+            // after 10 s idle: let them, so the thread count is the daemon's standing one
+            // and not how many happened to be busy just before the pause.
+            tokio::time::sleep(BLOCKING_KEEP_ALIVE).await;
             let s = sample(pid);
             drop(guard);
             println!(

@@ -47,6 +47,9 @@ const CLIENT_DEADLINE: Duration = Duration::from_secs(10);
 const TAKEOVER_DEADLINE: Duration = Duration::from_secs(10);
 /// A guard against a broken build hanging the suite; never how long a step takes.
 const HANG: Duration = Duration::from_secs(60);
+/// `qwen exec`'s tool: one streamed completion with the key and base URL exec gave it,
+/// printed as it arrives.
+const EXEC_CURL: &str = r#"exec curl -sN --max-time 30 -H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' -d '{"messages":[{"role":"user","content":"hi"}],"stream":true}' "$OPENAI_BASE_URL/chat/completions""#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Scenario {
@@ -209,6 +212,10 @@ struct Chaos {
     max_takeover: Duration,
     /// `QWEND_CHAOS_ONLY`: the moments to run (all when empty), to chase one failure.
     only: Vec<Scenario>,
+    /// Whether curl is there to be `qwen exec`'s tool.
+    curl: bool,
+    /// Proxied-stream kills made through `qwen exec`.
+    exec_streams: u64,
 }
 
 impl Chaos {
@@ -662,12 +669,75 @@ impl Chaos {
         })
     }
 
+    /// A tool under `qwen exec` (curl) streaming through exec's proxy session; the kill
+    /// comes once its first bytes are out. `qwen exec` must then exit by its deadline.
+    fn exec_stream(
+        &mut self,
+        pid: u32,
+        seen: &Arc<Seen>,
+    ) -> Result<(Vec<tokio::task::JoinHandle<()>>, Instant), String> {
+        use std::io::BufRead;
+        let gate_after = 1 + self.rng.below(3) as usize;
+        self.model.push(ModelReply::Stream {
+            pieces: vec!["chaos".into(); 8],
+            gate_after: Some(gate_after),
+        });
+        let mut cmd = self.s.env.qwen_cmd(&["exec", "--", "sh", "-c", EXEC_CURL]);
+        cmd.current_dir(&self.s.env.home)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().map_err(|e| format!("spawn qwen exec: {e}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let child_pid = child.id();
+        let first = match rx.recv_timeout(HANG) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                return Err(format!("qwen exec streamed nothing within {HANG:?}"));
+            }
+        };
+        if !first.starts_with("data:") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("qwen exec's tool did not stream: {first:?}"));
+        }
+        // A streamed 200 through the proxy: it took a permit.
+        seen.granted.fetch_add(1, Ordering::Relaxed);
+        spin(self.rng.below(1000));
+        let t = self.kill(pid);
+        let seen = seen.clone();
+        let waiter = self.s.rt.spawn(async move {
+            let wait = tokio::task::spawn_blocking(move || child.wait());
+            if tokio::time::timeout(CLIENT_DEADLINE, wait).await.is_err() {
+                seen.hung.fetch_add(1, Ordering::Relaxed);
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(child_pid as i32).expect("a pid"),
+                    rustix::process::Signal::KILL,
+                );
+            }
+        });
+        Ok((vec![waiter], t))
+    }
+
     fn proxy_streams(
         &mut self,
         pid: u32,
         seen: &Arc<Seen>,
         _stop: &Arc<AtomicBool>,
     ) -> Result<(Vec<tokio::task::JoinHandle<()>>, Instant), String> {
+        // Half the time through `qwen exec` and a real tool, when curl is there.
+        if self.curl && self.rng.below(2) == 0 {
+            self.exec_streams += 1;
+            return self.exec_stream(pid, seen);
+        }
         let streams = 1 + self.rng.below(4);
         for _ in 0..streams {
             // Each stream stops after a piece or three until the kill.
@@ -765,6 +835,15 @@ fn kill_minus_nine_at_random_moments_loses_nothing_and_hangs_no_one() {
         .collect();
     // Built before the clock starts (the first call builds it).
     qwend_bin();
+    let curl = std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !curl {
+        eprintln!(
+            "chaos: no curl, so every proxied stream goes through the Proxy service directly"
+        );
+    }
     let model = OpenAiMock::start();
     let s = oauth_setup(&[
         // Device-flow seconds become milliseconds: polling every 3 ms.
@@ -810,16 +889,20 @@ fn kill_minus_nine_at_random_moments_loses_nothing_and_hangs_no_one() {
         max_client_exit: Duration::ZERO,
         max_takeover: Duration::ZERO,
         only,
+        curl,
+        exec_streams: 0,
     };
     let started = Instant::now();
     chaos.run(iterations);
     eprintln!(
-        "chaos: {} kills in {:.1} s, seed {seed:#x}: {:?}; {} grants seen (ledger never \
+        "chaos: {} kills in {:.1} s, seed {seed:#x}: {:?} ({} of the proxied streams through \
+         `qwen exec`); {} grants seen (ledger never \
          below); generation {} issued; {} locks left by a killed daemon, each taken over \
          (slowest first write {:?}); slowest restart {:?}; slowest client to notice a kill {:?}",
         chaos.counts.values().sum::<u64>(),
         started.elapsed().as_secs_f64(),
         chaos.counts,
+        chaos.exec_streams,
         chaos.granted_total,
         chaos.issued,
         chaos.locks_left,
