@@ -106,23 +106,16 @@ fn index(op: Op) -> usize {
     MIX.iter().position(|(o, _)| *o == op).unwrap()
 }
 
-/// splitmix64: a seeded, dependency-free generator (the mix only needs to be reproducible).
-#[derive(Clone)]
-struct Rng(u64);
+#[path = "../tests/reliability/rng.rs"]
+mod rng;
+use rng::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
+/// Draws an operation by the weights of [`MIX`].
+trait Pick {
+    fn pick(&mut self) -> Op;
+}
 
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
+impl Pick for Rng {
     fn pick(&mut self) -> Op {
         let total: u32 = MIX.iter().map(|(_, w)| w).sum();
         let mut r = self.below(u64::from(total)) as u32;

@@ -68,22 +68,9 @@ const SCENARIOS: [Scenario; 5] = [
     Scenario::ProxyStreams,
 ];
 
-/// splitmix64: seeded and dependency-free; only reproducibility matters here.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+#[path = "reliability/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// Busy-waits (no sleep: the point is to land inside what the daemon is doing now).
 fn spin(us: u64) {
