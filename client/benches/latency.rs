@@ -304,7 +304,18 @@ fn callgrind(dir: &Path, d: &Daemon, rt: &tokio::runtime::Runtime) {
         wait_for(&socket);
         rt.block_on(async {
             let ctx = daemon.ctx();
-            let mut conn = Conn::open(rpc, &socket).await;
+            // The socket file appears at bind, a moment before the (slow, under valgrind)
+            // daemon listens: retry until it accepts.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut conn = loop {
+                match qwend_shared::transport::connect(&socket).await {
+                    Ok(ch) => break Conn::Grpc(ch),
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "the daemon under valgrind: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            };
             for _ in 0..calls {
                 conn.call(rpc, &ctx).await;
             }
