@@ -261,8 +261,23 @@ impl Daemon {
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A helper process (the echo server, a daemon under valgrind) that a failed measurement
+/// must not leave running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -294,13 +309,15 @@ fn callgrind(dir: &Path, d: &Daemon, rt: &tokio::runtime::Runtime) {
                 child.env(k, v);
             }
         }
-        let mut child = child
-            .current_dir(&daemon.home)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("valgrind");
+        let mut child = KillOnDrop(
+            child
+                .current_dir(&daemon.home)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("valgrind"),
+        );
         wait_for(&socket);
         rt.block_on(async {
             let ctx = daemon.ctx();
@@ -321,10 +338,13 @@ fn callgrind(dir: &Path, d: &Daemon, rt: &tokio::runtime::Runtime) {
             }
         });
         support::daemon::stop(&socket);
-        assert!(child.wait().unwrap().success() || out.is_file());
+        assert!(child.0.wait().unwrap().success() || out.is_file());
         let text = std::fs::read_to_string(&out).expect("callgrind's output");
         text.lines()
-            .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+            .find_map(|l| {
+                l.strip_prefix("totals:")
+                    .or_else(|| l.strip_prefix("summary:"))
+            })
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .expect("a total in callgrind's output")
     };
@@ -339,7 +359,10 @@ fn callgrind(dir: &Path, d: &Daemon, rt: &tokio::runtime::Runtime) {
             "daemon instructions per {} call (callgrind): {per:.0}",
             rpc.label()
         );
-        stats::record(&format!("callgrind.{}", rpc.key()), &[("instructions", per)]);
+        stats::record(
+            &format!("callgrind.{}", rpc.key()),
+            &[("instructions", per)],
+        );
     }
 }
 
@@ -360,11 +383,13 @@ fn main() {
     assert!(d.cmd(&["daemon", "start"]).status().unwrap().success());
     let pid = support::daemon::pid(&d.socket);
     let echo_socket = dir.path().join("echo.sock");
-    let mut echo = Command::new(std::env::current_exe().unwrap())
-        .env(ECHO_SERVER_VAR, &echo_socket)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let echo = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .env(ECHO_SERVER_VAR, &echo_socket)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_for(&echo_socket);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -441,8 +466,7 @@ fn main() {
     stats::record("mem.idle", &[("kb", idle as f64)]);
     stats::record("mem.after_load", &[("kb", loaded as f64)]);
     support::daemon::stop(&d.socket);
-    let _ = echo.kill();
-    let _ = echo.wait();
+    drop(echo);
 
     callgrind(dir.path(), &d, &rt);
 }

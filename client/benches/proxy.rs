@@ -215,7 +215,10 @@ fn main() {
         held as f64 / 1024.0
     );
     stats::record("mem.proxy_after_runs", &[("kb", idle as f64)]);
-    stats::record("mem.streams", &[("kb", held as f64), ("streams", STREAMS as f64)]);
+    stats::record(
+        "mem.streams",
+        &[("kb", held as f64), ("streams", STREAMS as f64)],
+    );
     let _ = exec.stdin.take().unwrap().write_all(b"\n");
     let _ = exec.wait();
     let _ = cmd(&["daemon", "stop"]).stdout(Stdio::null()).status();

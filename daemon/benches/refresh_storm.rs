@@ -39,7 +39,6 @@ impl TokenPersistence for NoStore {
     }
 }
 
-
 #[tokio::main]
 async fn main() {
     let rounds: usize = std::env::var("QWEN_BENCH_STORM_rounds")
@@ -157,7 +156,8 @@ async fn qwen_code_storm() {
         let mut ok = 0;
         for out in futures_join(children).await {
             let out = out.expect("node");
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("at-refreshed") {
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("at-refreshed")
+            {
                 ok += 1;
             }
         }

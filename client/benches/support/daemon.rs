@@ -34,7 +34,9 @@ pub fn stop(socket: &Path) {
 pub fn pid(socket: &Path) -> u32 {
     let text = std::fs::read_to_string(qwend_shared::paths::lock_path_for(socket))
         .expect("the daemon's lock file");
-    text.trim().parse().expect("a pid in the daemon's lock file")
+    text.trim()
+        .parse()
+        .expect("a pid in the daemon's lock file")
 }
 
 /// Resident set size in KiB, from /proc (0 when the process is gone).
