@@ -46,6 +46,8 @@ def ratio_text(a, b):
     if a is None or b is None or b == 0:
         return "—"
     r = a / b
+    if r < 0.1:
+        return f"1/{1 / r:,.0f}"
     return f"{r:.2f}×" if r < 10 else f"{r:,.0f}×"
 
 
@@ -191,7 +193,7 @@ rows.append(("6", f"daemon RSS with {int(get('mem.streams', 'streams') or 64)} p
 for b in ("qwen", "qwend"):
     v = get(f"size.{b}", "bytes")
     h = get("size.hello", "bytes")
-    rows.append(("6", f"`{b}` binary size (release, stripped: no)" if False else f"`{b}` binary size (release)",
+    rows.append(("6", f"`{b}` binary size (release)",
                  f"{v / 1e6:.1f} MB" if v else "—", "", "", "hello-world Rust binary",
                  f"{h / 1e6:.2f} MB" if h else "", "", ratio_text(v, h), "", ""))
 

@@ -70,7 +70,7 @@ fn hello(dir: &Path) -> PathBuf {
     std::fs::write(&src, "fn main() {\n    println!(\"hello\");\n}\n").unwrap();
     let out = dir.join("hello");
     let st = Command::new(std::env::var_os("RUSTC").unwrap_or("rustc".into()))
-        .args(["-O", "--edition", "2021", "-o"])
+        .args(["-O", "-C", "strip=debuginfo", "--edition", "2021", "-o"])
         .arg(&out)
         .arg(&src)
         .status()
