@@ -1,156 +1,472 @@
-//! Latency benchmark (prints a table): `cargo build --release --workspace && cargo bench -p qwen --bench latency`.
+//! The daemon's round trips (prints a table):
+//! `cargo build --release -p qwen -p qwend && cargo bench -p qwen --bench latency`
 //!
-//! - `Status` unary round trip over the Unix socket, daemon served in-process.
-//! - A fresh `qwen daemon status --json` process, exec to exit, against a running daemon.
+//! - `Status`, `GetCredentials` (Qwen OAuth, a valid token) and `AcquirePermit` (every
+//!   permit a durable grant) at 1, 16 and 64 connections against a real `qwend` started on
+//!   a temp socket, each call timed; throughput is calls over the wall time of the cell;
+//! - in the same run, a raw Unix-socket echo (64 bytes each way, a separate process with
+//!   the daemon's runtime: tokio, 2 workers) driven by the same load generator: the
+//!   physical floor, so each round trip can be given as a multiple of it;
+//! - the daemon's RSS idle (after start and one call) and after the load;
+//! - a fresh `qwen daemon status --json` process, exec to exit;
+//! - with `QWEN_BENCH_CALLGRIND=1` (and valgrind on PATH): the daemon's instructions per
+//!   call, the noise-free figure. The daemon runs under callgrind; each RPC is run twice
+//!   with different call counts and the difference of the totals divided by the difference
+//!   of the counts, so start-up, connection set-up and shutdown cancel out.
 //!
-//! Targets on the 2-core reference machine: round trip p99 < 200 µs; process median < 5 ms.
-use std::path::Path;
+//! Targets: `Status` p99 <= 5x the echo's at the same connection count; >= 20,000 durable
+//! permits/s at 64 connections on an idle machine; idle RSS <= 10 MB.
+//! Runs: `QWEN_BENCH_RPC_CALLS` (6,400 calls a cell), `QWEN_BENCH_RUNS` (200 processes).
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use qwend_shared::api::StatusRequest;
+use qwend_shared::api::auth_client::AuthClient;
 use qwend_shared::api::daemon_client::DaemonClient;
-use qwend_shared::transport::{self, BoundSocket};
+use qwend_shared::api::quota_client::QuotaClient;
+use qwend_shared::api::{
+    AcquirePermitRequest, ClientContext, GetCredentialsRequest, StatusRequest,
+};
+use support::stats::{self, runs};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
+const ECHO_SERVER_VAR: &str = "QWEN_BENCH_ECHO_SERVER";
+const ECHO_BYTES: usize = 64;
+const CONNECTIONS: [usize; 3] = [1, 16, 64];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Rpc {
+    Echo,
+    Status,
+    Credentials,
+    Permit,
 }
 
-fn row(name: &str, n: usize, mut samples: Vec<Duration>, target: &str) {
-    samples.sort();
-    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
-    println!(
-        "| {name:<38} | {n:>6} | {:>9.1} | {:>9.1} | {:>9.1} | {target:<16} |",
-        mean.as_secs_f64() * 1e6,
-        percentile(&samples, 0.5).as_secs_f64() * 1e6,
-        percentile(&samples, 0.99).as_secs_f64() * 1e6,
-    );
-}
-
-/// The daemon runs on its own 2-worker runtime (as in `qwend`), the client on a
-/// current-thread runtime in this thread (as in `qwen`): the same split as the real
-/// processes, minus exec.
-fn in_process_round_trip(dir: &Path) -> Vec<Duration> {
-    let socket = dir.join("inproc").join("qwend.sock");
-    transport::ensure_private_dir(socket.parent().unwrap()).unwrap();
-    // The in-process daemon reads its configuration from this process's environment: keep
-    // it off the machine's real ~/.qwen and keyring.
-    // SAFETY: no other thread runs yet (the runtimes are built below).
-    unsafe {
-        std::env::set_var("QWEN_HOME", dir.join("inproc-home"));
-        std::env::set_var("QWEND_STATE_DIR", dir.join("inproc-state"));
-        std::env::set_var("QWEN_CREDENTIAL_STORE", "file");
+impl Rpc {
+    fn key(self) -> &'static str {
+        match self {
+            Rpc::Echo => "echo",
+            Rpc::Status => "status",
+            Rpc::Credentials => "credentials",
+            Rpc::Permit => "permit",
+        }
     }
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
+    fn label(self) -> &'static str {
+        match self {
+            Rpc::Echo => "raw Unix-socket echo, 64 B",
+            Rpc::Status => "`Status`",
+            Rpc::Credentials => "`GetCredentials`",
+            Rpc::Permit => "`AcquirePermit` (durable grant)",
+        }
+    }
+}
+
+/// One connection of the load: a raw stream for the echo, a gRPC channel otherwise.
+enum Conn {
+    Raw(tokio::net::UnixStream),
+    Grpc(tonic::transport::Channel),
+}
+
+impl Conn {
+    async fn open(rpc: Rpc, socket: &Path) -> Conn {
+        if rpc == Rpc::Echo {
+            Conn::Raw(tokio::net::UnixStream::connect(socket).await.unwrap())
+        } else {
+            Conn::Grpc(qwend_shared::transport::connect(socket).await.unwrap())
+        }
+    }
+
+    async fn call(&mut self, rpc: Rpc, ctx: &ClientContext) {
+        match (self, rpc) {
+            (Conn::Raw(s), _) => {
+                let mut buf = [7u8; ECHO_BYTES];
+                s.write_all(&buf).await.unwrap();
+                s.read_exact(&mut buf).await.unwrap();
+            }
+            (Conn::Grpc(ch), Rpc::Status) => {
+                DaemonClient::new(ch.clone())
+                    .status(StatusRequest {})
+                    .await
+                    .unwrap();
+            }
+            (Conn::Grpc(ch), Rpc::Credentials) => {
+                let r = AuthClient::new(ch.clone())
+                    .get_credentials(GetCredentialsRequest {
+                        client: Some(ctx.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(r.token, TOKEN);
+            }
+            (Conn::Grpc(ch), _) => {
+                let r = QuotaClient::new(ch.clone())
+                    .acquire_permit(AcquirePermitRequest {
+                        client: Some(ctx.clone()),
+                        wait_ms: 0,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(r.granted, "a permit was refused");
+            }
+        }
+    }
+}
+
+const TOKEN: &str = "at-bench-latency";
+
+/// `conns` connections each making `per` calls back to back: every call's latency, and the
+/// wall time of the whole cell.
+async fn load(
+    rpc: Rpc,
+    socket: &Path,
+    ctx: &ClientContext,
+    conns: usize,
+    per: usize,
+) -> (Vec<Duration>, Duration) {
+    let mut open = Vec::new();
+    for _ in 0..conns {
+        let mut c = Conn::open(rpc, socket).await;
+        // Warm: the connection's first call (HTTP/2 settings, the daemon's caches).
+        for _ in 0..5 {
+            c.call(rpc, ctx).await;
+        }
+        open.push(c);
+    }
+    let t = Instant::now();
+    let tasks: Vec<_> = open
+        .into_iter()
+        .map(|mut c| {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::with_capacity(per);
+                for _ in 0..per {
+                    let t = Instant::now();
+                    c.call(rpc, &ctx).await;
+                    samples.push(t.elapsed());
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(conns * per);
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    (all, t.elapsed())
+}
+
+/// The echo server's process: accept, and echo every connection's bytes back.
+fn echo_server(socket: &Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (listener, _guard) = server_rt
-        .block_on(async { BoundSocket::bind(&socket) })
-        .unwrap()
-        .into_parts();
-    let services = server_rt
-        .block_on(qwend::lifecycle::Services::open())
-        .unwrap();
-    let state = qwend::server::DaemonState {
-        started: Instant::now(),
-        socket: socket.clone(),
-        shutdown: Arc::new(tokio::sync::Notify::new()),
-        resolver: services.resolver,
-        auth: services.auth,
-        quota: services.quota,
-        clock: services.clock,
-        hub: services.hub,
-        login: services.login,
-    };
-    server_rt.spawn(qwend::server::serve(
-        state,
-        listener,
-        qwend::idle::Connections::new(),
-        std::future::pending(),
-    ));
-    let client_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    client_rt.block_on(async {
-        let mut client = DaemonClient::new(transport::connect(&socket).await.unwrap());
-        for _ in 0..2_000 {
-            client.status(StatusRequest {}).await.unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
         }
-        let mut samples = Vec::with_capacity(20_000);
-        for _ in 0..20_000 {
-            let t = Instant::now();
-            client.status(StatusRequest {}).await.unwrap();
-            samples.push(t.elapsed());
-        }
-        samples
-    })
+    });
 }
 
-fn process_runs(dir: &Path, runs: usize) -> Vec<Duration> {
-    let qwen = env!("CARGO_BIN_EXE_qwen");
-    let qwend = Path::new(qwen).with_file_name("qwend");
-    assert!(
-        qwend.is_file(),
-        "{} is missing: run `cargo build --release --workspace` first",
-        qwend.display()
-    );
-    let socket = dir.join("proc").join("qwend.sock");
-    let cmd = || {
-        let mut c = Command::new(qwen);
-        c.env("QWEND_SOCKET", &socket)
-            .env("QWEND_STATE_DIR", dir.join("state"))
-            .env("QWEND_BIN", &qwend)
-            .args(["daemon", "status", "--json"])
+/// A HOME with a valid Qwen OAuth login.
+fn home(dir: &Path) -> PathBuf {
+    let home = dir.join("home");
+    std::fs::create_dir_all(home.join(".qwen")).unwrap();
+    let expiry = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 24 * 3_600_000;
+    std::fs::write(
+        home.join(".qwen/oauth_creds.json"),
+        format!(
+            r#"{{"access_token":"{TOKEN}","refresh_token":"rt-bench","token_type":"Bearer","resource_url":"portal.qwen.ai","expiry_date":{expiry}}}"#
+        ),
+    )
+    .unwrap();
+    let settings = home.join(".qwen/settings.json");
+    std::fs::write(
+        &settings,
+        r#"{"security":{"auth":{"selectedType":"qwen-oauth"}}}"#,
+    )
+    .unwrap();
+    // Out of the racy window of a just-written file, so the daemon's stamp check settles.
+    let old = SystemTime::now() - Duration::from_secs(60);
+    for f in [settings, home.join(".qwen/oauth_creds.json")] {
+        std::fs::File::options()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    home
+}
+
+struct Daemon {
+    socket: PathBuf,
+    home: PathBuf,
+    state: PathBuf,
+}
+
+impl Daemon {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(support::daemon::qwen());
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("QWEND_SOCKET", &self.socket)
+            .env("QWEND_STATE_DIR", &self.state)
+            .env("QWEND_BIN", support::daemon::qwend())
+            .env("QWEN_CREDENTIAL_STORE", "file")
+            .env("QWEND_QUOTA_PER_MINUTE", "1000000000")
+            .env("QWEND_QUOTA_PER_DAY", "1000000000")
+            .current_dir(&self.home)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         c
+    }
+
+    fn ctx(&self) -> ClientContext {
+        ClientContext {
+            cwd: self.home.display().to_string(),
+            env: [("HOME".to_string(), self.home.display().to_string())].into(),
+        }
+    }
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A helper process (the echo server, a daemon under valgrind) that a failed measurement
+/// must not leave running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Instructions the daemon executes per call of each RPC, from two callgrind runs.
+fn callgrind(dir: &Path, d: &Daemon, rt: &tokio::runtime::Runtime) {
+    if std::env::var_os("QWEN_BENCH_CALLGRIND").is_none() {
+        println!("\n(callgrind rows: set QWEN_BENCH_CALLGRIND=1; bench/run does)");
+        return;
+    }
+    let total = |rpc: Rpc, calls: usize, run: usize| -> f64 {
+        let socket = dir.join(format!("cg{run}/qwend.sock"));
+        let out = dir.join(format!("callgrind.{run}.out"));
+        let daemon = Daemon {
+            socket: socket.clone(),
+            home: d.home.clone(),
+            state: dir.join(format!("cg{run}/state")),
+        };
+        qwend_shared::transport::ensure_private_dir(socket.parent().unwrap()).unwrap();
+        let mut child = Command::new("valgrind");
+        child
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(support::daemon::qwend())
+            .args(["--foreground", "--socket"])
+            .arg(&socket)
+            .env_clear();
+        for (k, v) in daemon.cmd(&[]).get_envs() {
+            if let (false, Some(v)) = (k == "QWEND_BIN", v) {
+                child.env(k, v);
+            }
+        }
+        let mut child = KillOnDrop(
+            child
+                .current_dir(&daemon.home)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("valgrind"),
+        );
+        wait_for(&socket);
+        rt.block_on(async {
+            let ctx = daemon.ctx();
+            // The socket file appears at bind, a moment before the (slow, under valgrind)
+            // daemon listens: retry until it accepts.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut conn = loop {
+                match qwend_shared::transport::connect(&socket).await {
+                    Ok(ch) => break Conn::Grpc(ch),
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "the daemon under valgrind: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            };
+            for _ in 0..calls {
+                conn.call(rpc, &ctx).await;
+            }
+        });
+        support::daemon::stop(&socket);
+        assert!(child.0.wait().unwrap().success() || out.is_file());
+        let text = std::fs::read_to_string(&out).expect("callgrind's output");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("totals:")
+                    .or_else(|| l.strip_prefix("summary:"))
+            })
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("a total in callgrind's output")
     };
-    // First run starts the daemon; not measured.
-    assert!(cmd().status().unwrap().success());
-    let samples = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            assert!(cmd().status().unwrap().success());
-            t.elapsed()
-        })
-        .collect();
-    let _ = Command::new(qwen)
-        .env("QWEND_SOCKET", &socket)
-        .args(["daemon", "stop"])
-        .stdout(Stdio::null())
-        .status();
-    samples
+    let (few, many) = (50, 550);
+    let mut run = 0;
+    for rpc in [Rpc::Status, Rpc::Credentials, Rpc::Permit] {
+        run += 2;
+        let a = total(rpc, few, run - 1);
+        let b = total(rpc, many, run);
+        let per = (b - a) / (many - few) as f64;
+        println!(
+            "daemon instructions per {} call (callgrind): {per:.0}",
+            rpc.label()
+        );
+        stats::record(
+            &format!("callgrind.{}", rpc.key()),
+            &[("instructions", per)],
+        );
+    }
 }
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    println!(
-        "| {:<38} | {:>6} | {:>9} | {:>9} | {:>9} | {:<16} |",
-        "measure", "n", "mean µs", "p50 µs", "p99 µs", "target"
+    if let Some(socket) = std::env::var_os(ECHO_SERVER_VAR) {
+        echo_server(Path::new(&socket));
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("qwen-bench-latency")
+        .tempdir()
+        .unwrap();
+    let d = Daemon {
+        socket: dir.path().join("run/qwend.sock"),
+        home: home(dir.path()),
+        state: dir.path().join("state"),
+    };
+    assert!(d.cmd(&["daemon", "start"]).status().unwrap().success());
+    let pid = support::daemon::pid(&d.socket);
+    let echo_socket = dir.path().join("echo.sock");
+    let echo = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .env(ECHO_SERVER_VAR, &echo_socket)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
     );
-    println!(
-        "|{:-<40}|{:-<8}|{:-<11}|{:-<11}|{:-<11}|{:-<18}|",
-        "", "", "", "", "", ""
-    );
-    let rtt = in_process_round_trip(dir.path());
-    row(
-        "Status round trip (in-process daemon)",
-        rtt.len(),
-        rtt,
-        "p99 < 200 µs",
-    );
-    let runs = 200;
-    let procs = process_runs(dir.path(), runs);
-    row(
-        "`qwen daemon status --json` process",
-        runs,
+    wait_for(&echo_socket);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ctx = d.ctx();
+    rt.block_on(async {
+        let mut c = Conn::open(Rpc::Status, &d.socket).await;
+        c.call(Rpc::Status, &ctx).await;
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = support::daemon::rss_kb(pid);
+
+    stats::header();
+    let calls = runs("QWEN_BENCH_RPC_CALLS", 6_400);
+    for conns in CONNECTIONS {
+        let per = (calls / conns).max(20);
+        let mut echo_p99 = Duration::ZERO;
+        for rpc in [Rpc::Echo, Rpc::Status, Rpc::Credentials, Rpc::Permit] {
+            let socket = if rpc == Rpc::Echo {
+                &echo_socket
+            } else {
+                &d.socket
+            };
+            let (samples, wall) = rt.block_on(load(rpc, socket, &ctx, conns, per));
+            let n = samples.len();
+            let target = match (rpc, conns) {
+                (Rpc::Status, _) => "p99 <= 5x echo",
+                (Rpc::Permit, 64) => ">= 20,000/s",
+                _ => "",
+            };
+            let key = format!("rpc.{}.{conns}", rpc.key());
+            let s = stats::row(
+                &key,
+                &format!("{}, {conns} connection(s)", rpc.label()),
+                samples,
+                target,
+            );
+            let per_s = n as f64 / wall.as_secs_f64();
+            stats::record(&format!("{key}.rate"), &[("per_s", per_s)]);
+            if rpc == Rpc::Echo {
+                echo_p99 = s.p99;
+            } else {
+                println!(
+                    "    {per_s:.0} calls/s; p99 {:.1}x the echo's",
+                    s.p99.as_secs_f64() / echo_p99.as_secs_f64()
+                );
+            }
+        }
+    }
+    let loaded = support::daemon::rss_kb(pid);
+
+    let procs: Vec<Duration> = (0..runs("QWEN_BENCH_RUNS", 200))
+        .map(|_| {
+            let mut c = d.cmd(&["daemon", "status", "--json"]);
+            let t = Instant::now();
+            assert!(c.status().unwrap().success());
+            t.elapsed()
+        })
+        .collect();
+    stats::row(
+        "process.daemon_status",
+        "`qwen daemon status --json` process, exec to exit",
         procs,
-        "p50 < 5000 µs",
+        "",
     );
+    println!(
+        "\ndaemon RSS: {:.1} MB idle, {:.1} MB after the load above",
+        idle as f64 / 1024.0,
+        loaded as f64 / 1024.0
+    );
+    stats::record("mem.idle", &[("kb", idle as f64)]);
+    stats::record("mem.after_load", &[("kb", loaded as f64)]);
+    support::daemon::stop(&d.socket);
+    drop(echo);
+
+    callgrind(dir.path(), &d, &rt);
 }

@@ -12,45 +12,21 @@
 //!
 //! Runs: `QWEN_BENCH_RUNS` (300). The mock answers each request on a fresh connection
 //! (`Connection: close`), so both sides pay one upstream connect per request.
-#[path = "support/stats.rs"]
-mod stats;
+#[path = "support/mod.rs"]
+mod support;
 
 #[path = "../tests/common/openai_mock.rs"]
 #[allow(dead_code)]
 mod openai_mock;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openai_mock::{OpenAiMock, Reply};
-use stats::{Summary, ms};
+use support::stats::{self, ms};
 
 const STREAMS: usize = 64;
-
-fn row(name: &str, samples: Vec<Duration>) -> (Duration, Duration) {
-    let s = Summary::of(samples);
-    println!(
-        "| {name:<46} | {:>4} | {:>8.3} | {:>8.3} | {:>8.3} |",
-        s.n,
-        ms(s.mean),
-        ms(s.p50),
-        ms(s.p99),
-    );
-    (s.p50, s.p99)
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 const BODY: &str =
     r#"{"model":"coder-model","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
@@ -78,17 +54,9 @@ async fn one(http: &reqwest::Client, url: &str, key: &str) -> (Duration, Duratio
 }
 
 fn main() {
-    let qwen = env!("CARGO_BIN_EXE_qwen");
-    let qwend = Path::new(qwen).with_file_name("qwend");
-    assert!(
-        qwend.is_file(),
-        "{} is missing: run `cargo build --release -p qwend` first",
-        qwend.display()
-    );
-    let runs: usize = std::env::var("QWEN_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let qwen = support::daemon::qwen();
+    let qwend = support::daemon::qwend();
+    let runs = stats::runs("QWEN_BENCH_RUNS", 300);
     let dir = tempfile::Builder::new()
         .prefix("qwen-bench-proxy")
         .tempdir()
@@ -175,18 +143,27 @@ fn main() {
             p_all.push(a);
         }
     });
-    println!(
-        "| {:<46} | {:>4} | {:>8} | {:>8} | {:>8} |",
-        "measure", "n", "mean ms", "p50 ms", "p99 ms"
+    stats::header();
+    let row = |key: &str, name: &str, samples| {
+        let s = stats::row(key, name, samples, "");
+        (s.p50, s.p99)
+    };
+    let (d50, d99) = row(
+        "proxy.direct.all",
+        "streamed completion, direct to the mock",
+        d_all,
     );
-    println!(
-        "| {:-<46} | {:->4} | {:->8} | {:->8} | {:->8} |",
-        "", "", "", "", ""
+    let (p50, p99) = row(
+        "proxy.proxied.all",
+        "streamed completion, through the proxy",
+        p_all,
     );
-    let (d50, d99) = row("streamed completion, direct to the mock", d_all);
-    let (p50, p99) = row("streamed completion, through the proxy", p_all);
-    let (df50, df99) = row("first streamed byte, direct", d_first);
-    let (pf50, pf99) = row("first streamed byte, through the proxy", p_first);
+    let (df50, df99) = row("proxy.direct.ttfb", "first streamed byte, direct", d_first);
+    let (pf50, pf99) = row(
+        "proxy.proxied.ttfb",
+        "first streamed byte, through the proxy",
+        p_first,
+    );
     println!(
         "\nadded by the proxy: completion p50 {:+.3} ms, p99 {:+.3} ms; first byte p50 {:+.3} ms, p99 {:+.3} ms",
         ms(p50) - ms(d50),
@@ -195,7 +172,7 @@ fn main() {
         ms(pf99) - ms(df99),
     );
 
-    let idle = rss_kb(pid);
+    let idle = support::daemon::rss_kb(pid);
     let held = rt.block_on(async {
         for _ in 0..STREAMS {
             mock.push(Reply::Stream {
@@ -217,7 +194,7 @@ fn main() {
             resp.chunk().await.unwrap().unwrap();
             open.push(resp);
         }
-        let held = rss_kb(pid);
+        let held = support::daemon::rss_kb(pid);
         // A release wakes one gated stream (or the next to reach its gate): keep
         // releasing until every stream has ended.
         let drains: Vec<_> = open
@@ -236,6 +213,11 @@ fn main() {
         "daemon RSS: {:.1} MB after the runs above, {:.1} MB with {STREAMS} streams open through the proxy",
         idle as f64 / 1024.0,
         held as f64 / 1024.0
+    );
+    stats::record("mem.proxy_after_runs", &[("kb", idle as f64)]);
+    stats::record(
+        "mem.streams",
+        &[("kb", held as f64), ("streams", STREAMS as f64)],
     );
     let _ = exec.stdin.take().unwrap().write_all(b"\n");
     let _ = exec.wait();

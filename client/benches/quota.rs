@@ -1,12 +1,14 @@
 //! Quota benchmark (prints a table):
-//! `cargo build --release --workspace && cargo bench -p qwen --bench quota`
+//! `cargo build --release -p qwen -p qwend && cargo bench -p qwen --bench quota`
 //!
 //! - permit decisions per second, 64 concurrent clients over the socket, limits high
 //!   enough never to refuse (every decision is a durable grant); target ≥ 20,000/s;
 //! - the same with limits that refuse almost everything (decisions without a write);
 //! - the durable-write cost per grant seen by one sequential client.
-#[path = "support/permits.rs"]
-mod permits;
+//!
+//! Each row also prints a `BENCH quota.<key>` line for bench/run.
+#[path = "support/mod.rs"]
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -34,27 +36,10 @@ fn daemon(qwen: &Path, dir: &Path, name: &str, vars: &[(&str, &str)]) -> std::pa
     socket
 }
 
-/// The daemon's CPU time (user + system) so far, from /proc: what a permit costs the
-/// daemon itself, apart from the load generator sharing the machine.
+/// The daemon's CPU time so far: what a permit costs the daemon itself, apart from the
+/// load generator sharing the machine.
 fn daemon_cpu(socket: &Path) -> Duration {
-    let pid = std::fs::read_to_string(qwend_shared::paths::lock_path_for(socket)).unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10) // USER_HZ = 100
-}
-
-fn stop(qwen: &Path, socket: &Path) {
-    let _ = Command::new(qwen)
-        .env("QWEND_SOCKET", socket)
-        .args(["daemon", "stop"])
-        .stdout(Stdio::null())
-        .status();
+    support::daemon::cpu(support::daemon::pid(socket))
 }
 
 async fn storm(socket: &Path, home: &Path, per_client: usize) -> (Duration, usize) {
@@ -62,15 +47,12 @@ async fn storm(socket: &Path, home: &Path, per_client: usize) -> (Duration, usiz
         cwd: home.display().to_string(),
         env: [("HOME".to_string(), home.display().to_string())].into(),
     };
-    permits::acquire_permits(socket, &ctx, CLIENTS, per_client).await
+    support::permits::acquire_permits(socket, &ctx, CLIENTS, per_client).await
 }
 
 fn main() {
-    let qwen = Path::new(env!("CARGO_BIN_EXE_qwen"));
-    assert!(
-        qwen.with_file_name("qwend").is_file(),
-        "run `cargo build --release --workspace` first"
-    );
+    let qwen = Path::new(support::daemon::qwen());
+    support::daemon::qwend();
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path();
     // A configured user: Qwen Code records the method at first login. (Without it, every
@@ -101,7 +83,15 @@ fn main() {
         "|{:-<60}|{:-<11}|{:-<14}|{:-<12}|{:-<16}|",
         "", "", "", "", ""
     );
-    let row = |name: &str, n: usize, d: Duration, cpu: Duration| {
+    let row = |key: &str, name: &str, n: usize, d: Duration, cpu: Duration| {
+        support::stats::record(
+            &format!("quota.{key}"),
+            &[
+                ("n", n as f64),
+                ("per_s", n as f64 / d.as_secs_f64()),
+                ("cpu_us", cpu.as_secs_f64() * 1e6 / n as f64),
+            ],
+        );
         println!(
             "| {name:<58} | {n:>9} | {:>12.0} | {:>10.1} | {:>14.1} |",
             n as f64 / d.as_secs_f64(),
@@ -125,12 +115,13 @@ fn main() {
     assert_eq!(granted, CLIENTS * per);
     let cpu = daemon_cpu(&s) - cpu0;
     row(
+        "durable",
         &format!("{CLIENTS} clients, every permit a durable grant"),
         granted,
         d,
         cpu,
     );
-    stop(qwen, &s);
+    support::daemon::stop(&s);
 
     let s = daemon(qwen, home, "refuse", &[("QWEND_QUOTA_PER_MINUTE", "1")]);
     let cpu0 = daemon_cpu(&s);
@@ -138,12 +129,13 @@ fn main() {
     assert!(granted <= 1);
     let cpu = daemon_cpu(&s) - cpu0;
     row(
+        "decisions",
         &format!("{CLIENTS} clients, limit 1/min (decisions, no writes)"),
         CLIENTS * per,
         d,
         cpu,
     );
-    stop(qwen, &s);
+    support::daemon::stop(&s);
 
     let s = daemon(
         qwen,
@@ -178,10 +170,11 @@ fn main() {
         t.elapsed()
     });
     row(
+        "sequential",
         "1 client, sequential grants (one fdatasync each)",
         n,
         d,
         daemon_cpu(&s) - cpu0,
     );
-    stop(qwen, &s);
+    support::daemon::stop(&s);
 }

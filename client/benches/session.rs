@@ -13,8 +13,8 @@
 //! Targets on the 2-core reference machine: first prompt p50 < 50 ms; overhead p50 < 5 ms.
 //! The pty is read by a busy loop (expectrl), which takes one core while waiting.
 //! Runs: `QWEN_BENCH_RUNS` (30 starts, 100 messages).
-#[path = "support/stats.rs"]
-mod stats;
+#[path = "support/mod.rs"]
+mod support;
 
 #[path = "../tests/common/openai_mock.rs"]
 #[allow(dead_code)]
@@ -26,28 +26,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use expectrl::Expect;
-use stats::{Summary, ms};
+use support::stats::{self, ms};
 
 const PROMPT: &str = "qwen> ";
 const FIRST_PIECE: &str = "Hello";
 
-fn row(name: &str, samples: Vec<Duration>, target: &str) -> Duration {
-    let s = Summary::of(samples);
-    println!(
-        "| {name:<52} | {:>4} | {:>8.2} | {:>8.2} | {:>8.2} | {target:<10} |",
-        s.n,
-        ms(s.mean),
-        ms(s.p50),
-        ms(s.p99),
-    );
-    s.p50
-}
-
 fn runs(default: usize) -> usize {
-    std::env::var("QWEN_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(default, |n: usize| n.max(1))
+    stats::runs("QWEN_BENCH_RUNS", default)
 }
 
 struct Env<'a> {
@@ -157,13 +142,8 @@ fn direct(port: u16) -> Vec<Duration> {
 }
 
 fn main() {
-    let qwen = env!("CARGO_BIN_EXE_qwen");
-    let qwend = Path::new(qwen).with_file_name("qwend");
-    assert!(
-        qwend.is_file(),
-        "{} is missing: run `cargo build --release --workspace` first",
-        qwend.display()
-    );
+    let qwen = support::daemon::qwen();
+    let qwend = support::daemon::qwend();
     let dir = tempfile::Builder::new()
         .prefix("qwen-bench-session")
         .tempdir()
@@ -185,29 +165,27 @@ fn main() {
         .unwrap();
     assert!(st.success(), "qwen daemon start failed");
 
-    println!(
-        "| {:<52} | {:>4} | {:>8} | {:>8} | {:>8} | {:<10} |",
-        "measure", "n", "mean ms", "p50 ms", "p99 ms", "target"
-    );
-    println!(
-        "| {:-<52} | {:->4} | {:->8} | {:->8} | {:->8} | {:-<10} |",
-        "", "", "", "", "", ""
-    );
-    row(
+    stats::header();
+    stats::row(
+        "session.first_prompt",
         "`qwen` start to the first prompt (daemon running)",
         first_prompt(&env),
         "p50 < 50",
     );
-    let session = row(
+    let session = stats::row(
+        "session.enter_to_first_byte",
         "session: Enter to the first streamed byte",
         enter_to_first_byte(&env),
         "",
-    );
-    let baseline = row(
+    )
+    .p50;
+    let baseline = stats::row(
+        "session.direct",
         "the same request straight to the mock",
         direct(mock.port),
         "",
-    );
+    )
+    .p50;
     println!(
         "\nThe session's own overhead per message (p50): {:.2} ms (target < 5 ms).",
         ms(session.saturating_sub(baseline))

@@ -20,7 +20,7 @@ mod unsafe_env;
 
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
-    let cli = cli::Cli::parse();
+    let cli = hot_path().unwrap_or_else(cli::Cli::parse);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -51,6 +51,37 @@ fn main() -> ExitCode {
             e.exit_code()
         }
     }
+}
+
+/// `qwen auth token` runs once per request in scripts (`curl -H "Authorization: Bearer
+/// $(qwen auth token)"`), so its start-up is part of their latency. Building clap's command
+/// tree (every subcommand with its help text) costs about a sixth of the whole command's
+/// instructions, as much as the round trip to the daemon; the argument lists that clap
+/// would read as `auth token` are recognised here without it (`--json` is global, so it may
+/// stand anywhere, once). Anything else, `--help` included, goes through clap.
+fn hot_path() -> Option<cli::Cli> {
+    let mut json = false;
+    let mut rest = Vec::with_capacity(2);
+    for arg in std::env::args_os().skip(1) {
+        match arg.to_str()? {
+            "--json" if !json => json = true,
+            word @ ("auth" | "token") if rest.len() < 2 => rest.push(word == "auth"),
+            _ => return None,
+        }
+    }
+    (rest == [true, false]).then(|| cli::Cli {
+        json,
+        prompt: cli::PromptArgs {
+            prompt: None,
+            interactive: None,
+            model: None,
+            no_wait: false,
+            words: Vec::new(),
+        },
+        command: Some(cli::Command::Auth {
+            action: cli::AuthAction::Token,
+        }),
+    })
 }
 
 /// A reader that went away (`qwen auth status | head -1`, `| true`) is not an error of

@@ -1,0 +1,65 @@
+//! Finding the release `qwend` beside the bench's `qwen`, and watching a running daemon.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The client under test (the bench's own build of `qwen`).
+pub fn qwen() -> &'static str {
+    env!("CARGO_BIN_EXE_qwen")
+}
+
+/// `qwend` beside `qwen`; the benches need it built first.
+pub fn qwend() -> PathBuf {
+    let qwend = Path::new(qwen()).with_file_name("qwend");
+    assert!(
+        qwend.is_file(),
+        "{} is missing: run `cargo build --release -p qwen -p qwend` first (bench/run does)",
+        qwend.display()
+    );
+    qwend
+}
+
+/// `qwen daemon stop` on `socket`, quietly (the daemon may already be gone).
+pub fn stop(socket: &Path) {
+    let _ = Command::new(qwen())
+        .env("QWEND_SOCKET", socket)
+        .args(["daemon", "stop"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The pid the daemon on `socket` recorded in its lock file.
+pub fn pid(socket: &Path) -> u32 {
+    let text = std::fs::read_to_string(qwend_shared::paths::lock_path_for(socket))
+        .expect("the daemon's lock file");
+    text.trim()
+        .parse()
+        .expect("a pid in the daemon's lock file")
+}
+
+/// Resident set size in KiB, from /proc (0 when the process is gone).
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The process's CPU time (user + system) so far, from /proc.
+pub fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10) // USER_HZ = 100
+}
