@@ -25,7 +25,7 @@ pub struct Cli {
 }
 
 /// `qwen [-p PROMPT | PROMPT...]`: send a prompt to the model (stdin when not a terminal).
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct PromptArgs {
     /// The prompt to send (else the remaining arguments, else stdin when it is not a terminal).
     #[arg(short = 'p', long = "prompt", value_name = "PROMPT")]

@@ -2,7 +2,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 mod chat;
 mod cli;
@@ -20,7 +20,8 @@ mod unsafe_env;
 
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
-    let cli = hot_path().unwrap_or_else(cli::Cli::parse);
+    let cli = hot_path(std::env::args_os().skip(1))
+        .unwrap_or_else(|| cli::Cli::parse_from(json_after_command(std::env::args_os().collect())));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let result = cmd::run(cli).await;
-        cmd::daemon::settings_checked().await;
+        start_settings::settings_checked().await;
         result
     });
     // A blocking helper still running (a browser launcher that stays in the foreground)
@@ -59,10 +60,10 @@ fn main() -> ExitCode {
 /// instructions, as much as the round trip to the daemon; the argument lists that clap
 /// would read as `auth token` are recognised here without it (`--json` is global, so it may
 /// stand anywhere, once). Anything else, `--help` included, goes through clap.
-fn hot_path() -> Option<cli::Cli> {
+fn hot_path(args: impl Iterator<Item = std::ffi::OsString>) -> Option<cli::Cli> {
     let mut json = false;
     let mut rest = Vec::with_capacity(2);
-    for arg in std::env::args_os().skip(1) {
+    for arg in args {
         match arg.to_str()? {
             "--json" if !json => json = true,
             word @ ("auth" | "token") if rest.len() < 2 => rest.push(word == "auth"),
@@ -71,17 +72,31 @@ fn hot_path() -> Option<cli::Cli> {
     }
     (rest == [true, false]).then(|| cli::Cli {
         json,
-        prompt: cli::PromptArgs {
-            prompt: None,
-            interactive: None,
-            model: None,
-            no_wait: false,
-            words: Vec::new(),
-        },
+        prompt: cli::PromptArgs::default(),
         command: Some(cli::Command::Auth {
             action: cli::AuthAction::Token,
         }),
     })
+}
+
+/// `qwen --json auth status` is `qwen auth status --json`. clap would read it as a prompt:
+/// with `args_conflicts_with_subcommands` (which lets `qwen hello world` be a prompt) any
+/// argument before the first word, the global `--json` included, turns the words into the
+/// prompt. A leading `--json` therefore moves behind the word when that word is a command;
+/// before a prompt it stays where it is.
+fn json_after_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let lead = args.iter().skip(1).take_while(|a| *a == "--json").count();
+    let Some(word) = args.get(1 + lead).and_then(|a| a.to_str()) else {
+        return args;
+    };
+    if lead > 0
+        && cli::Cli::command()
+            .get_subcommands()
+            .any(|c| c.get_name() == word || c.get_all_aliases().any(|a| a == word))
+    {
+        args[1..=1 + lead].rotate_left(lead);
+    }
+    args
 }
 
 /// A reader that went away (`qwen auth status | head -1`, `| true`) is not an error of
@@ -121,5 +136,71 @@ pub fn emit(bytes: &[u8]) -> Result<(), error::ClientError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(e) => Err(error::ClientError::Output(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> cli::Cli {
+        let args = std::iter::once("qwen")
+            .chain(line.split(' '))
+            .map(Into::into);
+        cli::Cli::try_parse_from(json_after_command(args.collect())).unwrap()
+    }
+
+    /// A leading `--json` belongs to the command that follows; before a prompt it stays.
+    #[test]
+    fn a_leading_json_goes_to_the_command() {
+        let c = parse("--json auth status");
+        assert!(c.json && c.prompt.words.is_empty(), "{c:?}");
+        assert!(
+            matches!(c.command, Some(cli::Command::Auth { .. })),
+            "{c:?}"
+        );
+        let c = parse("--json daemon status");
+        assert!(
+            c.json && matches!(c.command, Some(cli::Command::Daemon { .. })),
+            "{c:?}"
+        );
+        let c = parse("--json hello world");
+        assert!(c.json && c.command.is_none(), "{c:?}");
+        assert_eq!(c.prompt.words, ["hello", "world"]);
+        let c = parse("--json");
+        assert!(c.json && c.command.is_none(), "{c:?}");
+    }
+
+    /// The hot path reads exactly what clap reads, and leaves everything else to clap.
+    #[test]
+    fn the_hot_path_agrees_with_clap() {
+        let taken = [
+            "auth token",
+            "--json auth token",
+            "auth --json token",
+            "auth token --json",
+        ];
+        for line in taken {
+            let args = || line.split(' ').map(std::ffi::OsString::from);
+            let fast = hot_path(args()).unwrap_or_else(|| panic!("{line}: not taken"));
+            let slow = parse(line);
+            assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{line}");
+        }
+        let left = [
+            "auth",
+            "token",
+            "token auth",
+            "auth token token",
+            "--json --json auth token",
+            "auth token --help",
+            "auth status",
+            "-p auth token",
+        ];
+        for line in left {
+            assert!(
+                hot_path(line.split(' ').map(std::ffi::OsString::from)).is_none(),
+                "{line}"
+            );
+        }
     }
 }

@@ -156,10 +156,6 @@ fn human_duration(secs: u64) -> String {
     }
 }
 
-/// Called as `cmd::daemon::settings_checked` by main.rs (whose start-up path is another
-/// change's); the check itself is [`start_settings`]'s.
-pub use crate::start_settings::settings_checked;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum How {
     /// It answered the stop request and exited.
