@@ -217,10 +217,24 @@ fn owner_is_gone(path: &Path) -> bool {
     else {
         return false;
     };
-    matches!(
-        rustix::process::test_kill_process(pid),
-        Err(rustix::io::Errno::SRCH)
-    )
+    match rustix::process::test_kill_process(pid) {
+        Err(rustix::io::Errno::SRCH) => true,
+        _ => is_zombie(pid),
+    }
+}
+
+/// A killed daemon whose parent has not reaped it yet still answers `kill(pid, 0)`; in a
+/// container whose init reaps every second or two, taking over its lock would wait for
+/// that. A zombie runs nothing and releases nothing: it is gone. (Linux's `/proc`; where
+/// there is none, the staleness rule still applies.)
+fn is_zombie(pid: rustix::process::Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may hold anything.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| matches!(state, "Z" | "X"))
 }
 
 /// Renames before deleting, as Qwen Code does, so that of several processes judging the
@@ -249,6 +263,28 @@ mod tests {
             max_interval: Duration::from_millis(2),
             stale_after_ms: STALE_AFTER_MS,
         }
+    }
+
+    /// An exited child its parent has not reaped is a zombie; a running process is not.
+    #[test]
+    fn an_unreaped_child_is_gone_and_a_running_process_is_not() {
+        use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
+        let me = Pid::from_raw(std::process::id() as i32).unwrap();
+        assert!(!is_zombie(me));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = Pid::from_raw(child.id() as i32).unwrap();
+        // Waits for the exit but leaves the child unreaped (NOWAIT).
+        waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        )
+        .unwrap();
+        assert!(
+            rustix::process::test_kill_process(pid).is_ok(),
+            "still there"
+        );
+        assert!(is_zombie(pid));
+        child.wait().unwrap();
     }
 
     fn set_age(path: &Path, secs: u64) {

@@ -17,6 +17,12 @@ pub struct Known(Arc<Mutex<State>>);
 struct State {
     method: Option<AuthType>,
     logging_in: bool,
+    /// This session's login's `LoggedIn` came while it ran.
+    seen_own_login: bool,
+    /// The events of a login this session just finished may still be on their way: the
+    /// stream is not ordered with the login's reply.
+    own_login_pending: bool,
+    own_switch_pending: bool,
 }
 
 impl Known {
@@ -24,6 +30,7 @@ impl Known {
     pub fn set_method(&self, m: Option<AuthType>) {
         if let Ok(mut s) = self.0.lock() {
             s.method = m.filter(|m| *m != AuthType::Unspecified);
+            s.own_switch_pending = false;
         }
     }
 
@@ -33,9 +40,22 @@ impl Known {
 
     /// While this session runs a login, its events (a login, the method it selects) are
     /// its own.
-    pub fn logging_in(&self, on: bool) {
+    pub fn logging_in(&self) {
         if let Ok(mut s) = self.0.lock() {
-            s.logging_in = on;
+            s.logging_in = true;
+            s.seen_own_login = false;
+            s.own_login_pending = false;
+            s.own_switch_pending = false;
+        }
+    }
+
+    /// The login this session ran has ended; when it succeeded, its `LoggedIn` (if not seen
+    /// yet) and a switch to Qwen OAuth that may come after this are still its own.
+    pub fn login_done(&self, succeeded: bool) {
+        if let Ok(mut s) = self.0.lock() {
+            s.logging_in = false;
+            s.own_login_pending = succeeded && !s.seen_own_login;
+            s.own_switch_pending = succeeded;
         }
     }
 
@@ -44,7 +64,9 @@ impl Known {
         match kind {
             Kind::AuthSwitched(sw) => {
                 let t = sw.auth_type();
-                let known = s.method == Some(t) || (s.logging_in && t == AuthType::QwenOauth);
+                let own = t == AuthType::QwenOauth
+                    && (s.logging_in || std::mem::take(&mut s.own_switch_pending));
+                let known = s.method == Some(t) || own;
                 s.method = Some(t);
                 (!known).then(|| {
                     format!(
@@ -54,7 +76,14 @@ impl Known {
                 })
             }
             Kind::LoggedIn(_) => {
-                (!s.logging_in).then(|| "logged in to Qwen OAuth by another client".to_string())
+                if s.logging_in {
+                    s.seen_own_login = true;
+                    None
+                } else if std::mem::take(&mut s.own_login_pending) {
+                    None
+                } else {
+                    Some("logged in to Qwen OAuth by another client".to_string())
+                }
             }
             Kind::LoggedOut(o) => Some(if o.reason.is_empty() {
                 "logged out of Qwen OAuth (/auth to log in again)".into()
@@ -114,12 +143,12 @@ mod tests {
             "{line}"
         );
         assert_eq!(known.method(), Some(AuthType::QwenOauth));
-        known.logging_in(true);
+        known.logging_in();
         assert_eq!(
             known.describe(Kind::LoggedIn(LoggedIn { expires_at_ms: 1 })),
             None
         );
-        known.logging_in(false);
+        known.login_done(true);
         assert!(
             known
                 .describe(Kind::LoggedIn(LoggedIn { expires_at_ms: 1 }))
@@ -129,5 +158,33 @@ mod tests {
             known.describe(Kind::TokenRefreshed(TokenRefreshed { expires_at_ms: 1 })),
             None
         );
+    }
+
+    /// The events of this session's own login may arrive after its reply: still its own,
+    /// once; a later login or switch elsewhere is announced again.
+    #[test]
+    fn a_late_event_of_our_own_login_is_not_announced() {
+        let known = Known::default();
+        known.set_method(Some(AuthType::Openai));
+        known.logging_in();
+        known.login_done(true);
+        let login = || Kind::LoggedIn(LoggedIn { expires_at_ms: 1 });
+        let to_oauth = || {
+            Kind::AuthSwitched(AuthSwitched {
+                auth_type: AuthType::QwenOauth as i32,
+            })
+        };
+        assert_eq!(known.describe(to_oauth()), None);
+        assert_eq!(known.describe(login()), None);
+        assert!(known.describe(login()).is_some());
+        known.set_method(Some(AuthType::Openai));
+        assert!(known.describe(to_oauth()).is_some());
+
+        // A failed login leaves nothing pending.
+        known.set_method(Some(AuthType::Openai));
+        known.logging_in();
+        known.login_done(false);
+        assert!(known.describe(login()).is_some());
+        assert!(known.describe(to_oauth()).is_some());
     }
 }

@@ -184,9 +184,9 @@ impl Session {
     async fn make_work(&mut self, m: Method) -> Result<(), ClientError> {
         match m {
             Method::QwenOauth => {
-                self.link.known.logging_in(true);
+                self.link.known.logging_in();
                 let r = super::first_run::set_up(&self.link.channel, &self.link.ctx, m).await;
-                self.link.known.logging_in(false);
+                self.link.known.login_done(r.is_ok());
                 r?;
                 // A login selects Qwen OAuth only when nothing was selected; asking for it
                 // here means wanting it.
