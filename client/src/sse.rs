@@ -5,6 +5,9 @@
 #[derive(Debug, Default)]
 pub struct SseParser {
     pending: Vec<u8>,
+    /// How much of `pending` is known to hold no line end: a long line arriving in many
+    /// small reads is scanned once, not once per read.
+    scanned: usize,
     data: Option<String>,
 }
 
@@ -14,7 +17,7 @@ impl SseParser {
         self.pending.extend_from_slice(chunk);
         let mut events = Vec::new();
         let mut start = 0;
-        let mut i = 0;
+        let mut i = self.scanned;
         while i < self.pending.len() {
             let b = self.pending[i];
             if b == b'\n' || b == b'\r' {
@@ -35,6 +38,7 @@ impl SseParser {
             }
         }
         self.pending.drain(..start);
+        self.scanned = i - start;
         events
     }
 
@@ -42,6 +46,7 @@ impl SseParser {
     /// servers that close right after the last `data:` line exist).
     pub fn finish(&mut self) -> Vec<String> {
         let mut events = Vec::new();
+        self.scanned = 0;
         if !self.pending.is_empty() {
             let rest = std::mem::take(&mut self.pending);
             let line =
@@ -110,6 +115,26 @@ mod tests {
             all(b"data: a\r\n\r\ndata: b\r\rdata: c", &[]),
             vec!["a", "b", "c"]
         );
+    }
+
+    #[test]
+    fn a_long_line_in_many_reads_keeps_its_line_ends() {
+        // Resuming the scan where the last read stopped must still see a `\r` left at the
+        // end of one read and its `\n` at the start of the next.
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        let line = format!("data: {}", "x".repeat(10_000));
+        for b in line.as_bytes().chunks(7) {
+            out.extend(p.feed(b));
+        }
+        out.extend(p.feed(b"\r"));
+        out.extend(p.feed(b"\n\r"));
+        assert!(out.is_empty(), "{out:?}");
+        out.extend(p.feed(b"\ndata: y\r"));
+        assert_eq!(out, vec!["x".repeat(10_000)]);
+        out.extend(p.finish());
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1], "y");
     }
 
     proptest::proptest! {

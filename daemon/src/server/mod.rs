@@ -7,7 +7,7 @@ mod env;
 mod events;
 mod proxy;
 mod quota;
-mod validate;
+pub mod validate;
 
 use self::auth::AuthService;
 use self::quota::QuotaService;

@@ -192,25 +192,31 @@ fn take_string(
     }
 }
 
+/// The largest integer a JavaScript number holds exactly; no real date comes near it.
+const MAX_SAFE_MS: i64 = (1 << 53) - 1;
+
 /// JS truthiness of a number: anything but 0 (and -0) passes. Fractions are accepted by
-/// Qwen Code; truncating them moves expiry earlier by under a millisecond.
+/// Qwen Code; rounding them down moves expiry earlier by under a millisecond, except that a
+/// truthy fraction that rounds to 0 becomes -1 (a 0 would be written back and then read as
+/// missing). The result stays within JavaScript's safe integers, where Qwen Code compares
+/// exactly: it orders against any real time as the file's value does, and the daemon's
+/// arithmetic on it (`expiry_date - 30 s`) cannot overflow.
 fn number_to_ms(n: &serde_json::Number) -> Option<i64> {
     let ms = if let Some(i) = n.as_i64() {
         i
-    } else if let Some(u) = n.as_u64() {
-        i64::try_from(u).unwrap_or(i64::MAX)
+    } else if n.as_u64().is_some() {
+        MAX_SAFE_MS
     } else {
         let f = n.as_f64()?;
-        if f.is_nan() {
+        if f.is_nan() || f == 0.0 {
             return None;
         }
-        f as i64
+        match f.floor().clamp(-(MAX_SAFE_MS as f64), MAX_SAFE_MS as f64) as i64 {
+            0 => -1,
+            ms => ms,
+        }
     };
-    if ms == 0 && n.as_f64().is_some_and(|f| f == 0.0) {
-        None
-    } else {
-        Some(ms)
-    }
+    (ms != 0).then(|| ms.clamp(-MAX_SAFE_MS, MAX_SAFE_MS))
 }
 
 /// Unknown keys (an `id_token`, say) may be secrets too; wipe every string left behind.
@@ -343,6 +349,36 @@ mod tests {
         assert_eq!((c.expiry_date, c.resource_url), (-1, None));
         let big = vec![b' '; MAX_FILE_BYTES + 1];
         assert!(matches!(decode(&big), Err(DecodeError::TooLarge { .. })));
+    }
+
+    /// Found by the `creds` fuzz target (fuzz/, docs/fuzzing.md): `0.5` was read as 0 and
+    /// written back as 0, which reads as missing; `-9223372036854775808` made
+    /// `expiry_date - 30 s` overflow.
+    #[test]
+    fn odd_expiry_numbers_survive_a_round_trip_and_arithmetic() {
+        for (raw, want) in [
+            ("0.5", -1),
+            ("-0.5", -1),
+            ("1700000000000.9", 1_700_000_000_000),
+            ("1e300", MAX_SAFE_MS),
+            ("-1e300", -MAX_SAFE_MS),
+            ("18446744073709551615", MAX_SAFE_MS),
+            ("-9223372036854775808", -MAX_SAFE_MS),
+        ] {
+            let text = format!(
+                r#"{{"access_token":"a","refresh_token":"r","token_type":"t","expiry_date":{raw}}}"#
+            );
+            let c = decode(text.as_bytes()).unwrap();
+            assert_eq!(c.expiry_date, want, "{raw}");
+            for layout in [QwenLayout::Login, QwenLayout::Refresh] {
+                assert_eq!(decode(&encode(&c, layout)).unwrap(), c, "{raw}");
+            }
+            assert_eq!(
+                c.is_valid_at(1_700_000_000_000),
+                want > 1_700_000_000_030,
+                "{raw}"
+            );
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ mod lock;
 mod persistence;
 mod qwen_creds;
 
-pub use codec::{DecodeError, MAX_FILE_BYTES, QwenLayout};
+pub use codec::{DecodeError, MAX_FILE_BYTES, QwenLayout, decode, encode};
 pub use file::{FILE_STORE_NAME, FileStore};
 pub use fsutil::FileStamp;
 pub use keyring::{
