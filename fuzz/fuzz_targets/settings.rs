@@ -1,17 +1,17 @@
-//! Qwen Code's settings.json as the daemon reads it (today daemon/src/qwen_settings.rs:
-//! comments stripped, then JSON, then only an object accepted), followed by the lookups
-//! the daemon makes in a parsed document.
+//! Qwen Code's settings.json as the daemon reads it (daemon/src/settings/file.rs: comments
+//! stripped, then JSON, then only an object accepted), followed by the values the daemon
+//! takes from a parsed document (`FileValues`).
 //!
 //! Properties: nothing panics; comment stripping keeps every character's line and column
 //! (so JSON errors point at the user's text: the same number of characters, newlines in
 //! the same places); anything accepted is an object; an error names the file and stays
-//! short.
+//! short; `Debug` of the values never shows the API key.
 #![no_main]
 
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use qwend::qwen_settings::{Exclusions, get, parse, strip_json_comments};
+use qwend::settings::{FileValues, get, parse, strip_json_comments};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -36,10 +36,15 @@ fuzz_target!(|data: &[u8]| {
             ] {
                 let _ = get(&doc, keys);
             }
-            let exclusions = Exclusions::from_settings([&doc, &doc]);
-            for key in ["DEBUG", "OPENAI_API_KEY", "", "A"] {
-                let _ = exclusions.excludes(key);
+            let values = FileValues::of(&doc);
+            if let Some(key) = get(&doc, &["security", "auth", "apiKey"]).and_then(|v| v.as_str())
+                && key.len() >= 8
+            {
+                let shown = format!("{values:?}");
+                assert!(!shown.contains(key), "Debug shows the API key");
             }
+            let again = FileValues::parse(path, data).expect("accepted once, accepted twice");
+            assert_eq!(format!("{again:?}"), format!("{values:?}"));
         }
         Err(e) => {
             let msg = e.to_string();
