@@ -22,7 +22,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use qwend_shared::api::auth_client::AuthClient;
 use qwend_shared::api::daemon_client::DaemonClient;
@@ -189,41 +189,6 @@ fn echo_server(socket: &Path) {
     });
 }
 
-/// A HOME with a valid Qwen OAuth login.
-fn home(dir: &Path) -> PathBuf {
-    let home = dir.join("home");
-    std::fs::create_dir_all(home.join(".qwen")).unwrap();
-    let expiry = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 24 * 3_600_000;
-    std::fs::write(
-        home.join(".qwen/oauth_creds.json"),
-        format!(
-            r#"{{"access_token":"{TOKEN}","refresh_token":"rt-bench","token_type":"Bearer","resource_url":"portal.qwen.ai","expiry_date":{expiry}}}"#
-        ),
-    )
-    .unwrap();
-    let settings = home.join(".qwen/settings.json");
-    std::fs::write(
-        &settings,
-        r#"{"security":{"auth":{"selectedType":"qwen-oauth"}}}"#,
-    )
-    .unwrap();
-    // Out of the racy window of a just-written file, so the daemon's stamp check settles.
-    let old = SystemTime::now() - Duration::from_secs(60);
-    for f in [settings, home.join(".qwen/oauth_creds.json")] {
-        std::fs::File::options()
-            .write(true)
-            .open(f)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-    }
-    home
-}
-
 struct Daemon {
     socket: PathBuf,
     home: PathBuf,
@@ -377,7 +342,7 @@ fn main() {
         .unwrap();
     let d = Daemon {
         socket: dir.path().join("run/qwend.sock"),
-        home: home(dir.path()),
+        home: support::daemon::login_home(dir.path(), TOKEN, "portal.qwen.ai"),
         state: dir.path().join("state"),
     };
     assert!(d.cmd(&["daemon", "start"]).status().unwrap().success());

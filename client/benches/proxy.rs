@@ -21,7 +21,7 @@ mod openai_mock;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openai_mock::{OpenAiMock, Reply};
 use support::stats::{self, ms};
@@ -62,26 +62,11 @@ fn main() {
         .tempdir()
         .unwrap();
     let mock = OpenAiMock::start();
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(home.join(".qwen")).unwrap();
-    let expiry = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 24 * 3_600_000;
-    std::fs::write(
-        home.join(".qwen/oauth_creds.json"),
-        format!(
-            r#"{{"access_token":"at-bench","refresh_token":"rt-bench","token_type":"Bearer","resource_url":"http://127.0.0.1:{}","expiry_date":{expiry}}}"#,
-            mock.port
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        home.join(".qwen/settings.json"),
-        r#"{"security":{"auth":{"selectedType":"qwen-oauth"}}}"#,
-    )
-    .unwrap();
+    let home = support::daemon::login_home(
+        dir.path(),
+        "at-bench",
+        &format!("http://127.0.0.1:{}", mock.port),
+    );
     let socket = dir.path().join("run/qwend.sock");
     let cmd = |args: &[&str]| {
         let mut c = Command::new(qwen);

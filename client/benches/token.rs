@@ -17,37 +17,13 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use support::stats::{self, runs};
 
 const TOKEN: &str = "at-bench-0123456789";
 /// The kit's token-manager oracle loads the package's `chunks/`, which 0.12.0 (one bundled
 /// cli.js) does not have: the token rows use the release the oracle was written for.
 const ORACLE_VERSION: &str = "0.24.4";
-
-/// A HOME holding a valid Qwen Code login, as after `qwen` / Qwen Code's own login.
-fn home(dir: &Path) -> PathBuf {
-    let home = dir.join("home");
-    std::fs::create_dir_all(home.join(".qwen")).unwrap();
-    let expiry = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 24 * 3_600_000;
-    std::fs::write(
-        home.join(".qwen/oauth_creds.json"),
-        format!(
-            r#"{{"access_token":"{TOKEN}","refresh_token":"rt-bench","token_type":"Bearer","resource_url":"portal.qwen.ai","expiry_date":{expiry}}}"#
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        home.join(".qwen/settings.json"),
-        r#"{"security":{"auth":{"selectedType":"qwen-oauth"}}}"#,
-    )
-    .unwrap();
-    home
-}
 
 /// Times one run of `c` to its exit; it must succeed.
 fn time(mut c: Command) -> Duration {
@@ -112,7 +88,7 @@ fn main() {
         .prefix("qwen-bench-token")
         .tempdir()
         .unwrap();
-    let home = home(dir.path());
+    let home = support::daemon::login_home(dir.path(), TOKEN, "portal.qwen.ai");
     let qwend = support::daemon::qwend();
     let socket = dir.path().join("run").join("qwend.sock");
     let qwen = |args: &[&str]| {

@@ -1,7 +1,7 @@
 //! Finding the release `qwend` beside the bench's `qwen`, and watching a running daemon.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The client under test (the bench's own build of `qwen`).
 pub fn qwen() -> &'static str {
@@ -62,4 +62,42 @@ pub fn cpu(pid: u32) -> Duration {
         .collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 10) // USER_HZ = 100
+}
+
+/// A HOME holding a Qwen Code login valid for a day (`access_token`, served at
+/// `resource_url`) with Qwen OAuth selected, as after Qwen Code's own login. The files are
+/// dated a minute back, out of the racy window of a just-written file, so the daemon's
+/// change stamps settle at once.
+pub fn login_home(dir: &Path, access_token: &str, resource_url: &str) -> PathBuf {
+    let home = dir.join("home");
+    std::fs::create_dir_all(home.join(".qwen")).unwrap();
+    let expiry = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 24 * 3_600_000;
+    let creds = home.join(".qwen/oauth_creds.json");
+    std::fs::write(
+        &creds,
+        format!(
+            r#"{{"access_token":"{access_token}","refresh_token":"rt-bench","token_type":"Bearer","resource_url":"{resource_url}","expiry_date":{expiry}}}"#
+        ),
+    )
+    .unwrap();
+    let settings = home.join(".qwen/settings.json");
+    std::fs::write(
+        &settings,
+        r#"{"security":{"auth":{"selectedType":"qwen-oauth"}}}"#,
+    )
+    .unwrap();
+    let old = SystemTime::now() - Duration::from_secs(60);
+    for f in [settings, creds] {
+        std::fs::File::options()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    home
 }
