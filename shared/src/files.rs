@@ -35,10 +35,7 @@ pub fn atomic_write_keeping_mode(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = parent_dir(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix(path))
-        .suffix(TEMP_SUFFIX)
-        .tempfile_in(dir)?;
+    let mut tmp = temp_file_beside(path)?;
     // Created 0600 already; the umask can only remove bits, but a umask like 0277 would
     // remove ours too (Qwen Code forces the mode the same way).
     tmp.as_file()
@@ -48,6 +45,15 @@ fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir);
     Ok(())
+}
+
+/// A new private (0600, exclusively created) temp file beside `path`, named so that
+/// [`sweep_temp_files`] on `path` finds it if its writer is killed; removed on drop.
+pub fn temp_file_beside(path: &Path) -> io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&temp_prefix(path))
+        .suffix(TEMP_SUFFIX)
+        .tempfile_in(parent_dir(path))
 }
 
 fn temp_prefix(path: &Path) -> String {

@@ -66,13 +66,16 @@ impl CredsLock {
     /// Blocks (sleeping between attempts) until the lock is ours or the attempts run out.
     pub fn acquire(path: &Path, clock: &dyn Clock, cfg: &LockConfig) -> Result<Self, LockError> {
         let id = owner_id();
+        // The lock appears with its id already in it (see [`Claim`]), so a daemon killed
+        // at any instant leaves a lock that the next one recognizes as a dead qwend's, not
+        // an empty file it must wait 35 s for.
+        let claim = Claim::prepare(path, &id);
         let mut interval = cfg.initial_interval;
         for _ in 0..cfg.max_attempts.max(1) {
-            match OpenOptions::new().write(true).create_new(true).open(path) {
-                Ok(mut f) => {
-                    // An empty lock file still excludes others; the id only lets us avoid
-                    // removing a lock someone took over after judging ours stale.
-                    let written = f.write_all(id.as_bytes()).is_ok();
+            match claim.create(path) {
+                Ok(written) => {
+                    drop(claim);
+                    sweep_claims(path, clock);
                     return Ok(Self {
                         path: path.to_path_buf(),
                         id: written.then_some(id),
@@ -162,6 +165,57 @@ impl Drop for CredsLock {
     fn drop(&mut self) {
         self.release_inner();
     }
+}
+
+/// A lock created with its content in one step: the id goes into a private temp file
+/// beside the lock (`oauth_creds.lock.qwend-<random>.tmp`), which is then hard-linked to
+/// the lock's name. `link` fails if the name exists, exactly like an exclusive create, and
+/// the lock never exists empty. Where the filesystem has no hard links, fall back to Qwen
+/// Code's own exclusive create followed by a write.
+struct Claim<'a> {
+    id: &'a str,
+    /// `None` when the temp file could not be made: the direct create then reports why.
+    tmp: Option<tempfile::NamedTempFile>,
+}
+
+impl<'a> Claim<'a> {
+    fn prepare(path: &Path, id: &'a str) -> Self {
+        let tmp = qwend_shared::files::temp_file_beside(path)
+            .and_then(|mut tmp| tmp.write_all(id.as_bytes()).map(|()| tmp))
+            .ok();
+        Self { id, tmp }
+    }
+
+    /// Creates the lock: `Ok(true)` with the id in it, `Ok(false)` when only the direct
+    /// create worked and writing the id failed (still ours, but unrecognizable).
+    fn create(&self, path: &Path) -> io::Result<bool> {
+        if let Some(tmp) = &self.tmp {
+            match fs::hard_link(tmp.path(), path) {
+                Ok(()) => return Ok(true),
+                Err(e) if !no_hard_links(&e) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+        Ok(f.write_all(self.id.as_bytes()).is_ok())
+    }
+}
+
+/// The errors of a filesystem that cannot hard-link (FAT, some FUSE and network mounts).
+fn no_hard_links(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.raw_os_error().is_some_and(|code| {
+        [Errno::PERM, Errno::OPNOTSUPP, Errno::NOSYS, Errno::MLINK]
+            .iter()
+            .any(|errno| errno.raw_os_error() == code)
+    })
+}
+
+/// A daemon killed between preparing a claim and removing it leaves the temp file (a
+/// lock id, nothing secret). Whoever holds the lock removes those older than a minute,
+/// which no live acquire takes.
+fn sweep_claims(path: &Path, clock: &dyn Clock) {
+    super::fsutil::sweep_temp_files(path, clock, 60_000);
 }
 
 /// What we write into the lock: Qwen Code writes a bare UUID and only ever looks at the
@@ -331,6 +385,57 @@ mod tests {
                 "{content}"
             );
         }
+    }
+
+    /// A daemon killed at any instant of `acquire` must leave a lock that says whose it
+    /// is: one killed between an exclusive create and the write left an empty file that
+    /// stalled every later write for 35 s (seen in CI's chaos run). A reader racing a
+    /// stream of acquires never sees the lock without its id.
+    #[test]
+    fn a_lock_never_exists_without_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oauth_creds.lock");
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (path, done) = (path.clone(), done.clone());
+            std::thread::spawn(move || {
+                let (mut seen, mut empty) = (0u32, 0u32);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(content) = fs::read_to_string(&path) {
+                        seen += 1;
+                        empty += u32::from(content.is_empty());
+                    }
+                }
+                (seen, empty)
+            })
+        };
+        for _ in 0..3000 {
+            CredsLock::acquire(&path, &SystemClock, &quick())
+                .unwrap()
+                .release();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (seen, empty) = reader.join().unwrap();
+        assert_eq!(empty, 0, "the lock was empty in {empty} of {seen} reads");
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "nothing left behind: {left:?}");
+    }
+
+    /// The claim a killed daemon left (its temp file) goes once it is a minute old.
+    #[test]
+    fn a_claim_left_by_a_killed_acquire_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oauth_creds.lock");
+        let old = dir.path().join("oauth_creds.lock.qwend-dead.tmp");
+        let young = dir.path().join("oauth_creds.lock.qwend-live.tmp");
+        fs::write(&old, "id").unwrap();
+        fs::write(&young, "id").unwrap();
+        set_age(&old, 120);
+        CredsLock::acquire(&path, &SystemClock, &quick())
+            .unwrap()
+            .release();
+        assert!(!old.exists());
+        assert!(young.exists(), "a claim being made right now stays");
     }
 
     #[test]
