@@ -87,6 +87,16 @@ add("1", "`qwen auth token`, fresh process, daemon running", "token.qwen", "toke
 add("1", "`qwen auth token`", "token.qwen", "token.qwen_code",
     "Qwen Code 0.24.4 token manager, fresh node, same oauth_creds.json")
 add("1", "hello-world Rust binary", "token.hello", "token.true", "`/bin/true`")
+# Where a fresh process's time goes: faults, CPU and instructions per run, ours and hello's.
+for field, label, fmt in (("faults", "page faults", num), ("cpu_us", "CPU time", dur)):
+    a, b = get("usage.token.qwen", field), get("usage.token.hello", field)
+    if a is not None and b is not None:
+        rows.append(("1", f"`qwen auth token`: {label} a run", fmt(a), "", "",
+                     "hello-world Rust binary", fmt(b), "", ratio_text(a, b), "", ""))
+a, b = get("callgrind.token.qwen", "instructions"), get("callgrind.token.hello", "instructions")
+if a is not None and b is not None:
+    rows.append(("1", "`qwen auth token`: instructions a run (callgrind)", num(a), "", "",
+                 "hello-world Rust binary", num(b), "", ratio_text(a, b), "", ""))
 
 # 2. .env
 for d in (10, 30):

@@ -88,7 +88,7 @@ impl Conn {
             }
             (Conn::Grpc(ch), Rpc::Status) => {
                 DaemonClient::new(ch.clone())
-                    .status(StatusRequest {})
+                    .status(StatusRequest::default())
                     .await
                     .unwrap();
             }

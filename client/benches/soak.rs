@@ -373,7 +373,7 @@ impl Client {
         match op {
             Op::Status => {
                 let r = DaemonClient::new(self.ch.clone())
-                    .status(StatusRequest {})
+                    .status(StatusRequest::default())
                     .await
                     .map_err(fail("Status"))?
                     .into_inner();

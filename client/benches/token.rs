@@ -25,6 +25,77 @@ const TOKEN: &str = "at-bench-0123456789";
 /// cli.js) does not have: the token rows use the release the oracle was written for.
 const ORACLE_VERSION: &str = "0.24.4";
 
+/// What the children reaped so far cost: page faults and CPU time (`cminflt`, `cutime`
+/// and `cstime` of `/proc/self/stat`). On a virtual machine a page fault costs micro-
+/// seconds, so a fresh process's time follows its fault count more than its instructions.
+fn children_usage() -> (u64, Duration) {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name, which is in parentheses and may hold anything.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("a command name")
+        .1
+        .split_whitespace()
+        .collect();
+    // `rest[0]` is field 3 (state): cminflt is field 11, cutime 16, cstime 17.
+    let field = |n: usize| rest[n - 3].parse::<u64>().expect("a number");
+    let ticks = field(16) + field(17);
+    (field(11), Duration::from_millis(ticks * 10)) // USER_HZ = 100
+}
+
+/// Per-run page faults and CPU time of `runs` runs of one command, accumulated.
+#[derive(Default)]
+struct Usage {
+    runs: u64,
+    faults: u64,
+    cpu: Duration,
+}
+
+impl Usage {
+    fn add(&mut self, before: (u64, Duration)) {
+        let after = children_usage();
+        self.runs += 1;
+        self.faults += after.0 - before.0;
+        self.cpu += after.1 - before.1;
+    }
+
+    fn record(&self, key: &str, what: &str) {
+        let faults = self.faults as f64 / self.runs as f64;
+        let cpu_us = self.cpu.as_secs_f64() * 1e6 / self.runs as f64;
+        println!("{what}: {faults:.0} page faults, {cpu_us:.0} µs of CPU a run");
+        stats::record(key, &[("faults", faults), ("cpu_us", cpu_us)]);
+    }
+}
+
+/// Instructions one run of `c` executes, from callgrind (the noise-free figure), when
+/// `QWEN_BENCH_CALLGRIND` is set (bench/run sets it).
+fn instructions(dir: &Path, name: &str, c: Command) -> Option<f64> {
+    std::env::var_os("QWEN_BENCH_CALLGRIND")?;
+    let out = dir.join(format!("callgrind.{name}.out"));
+    let mut vg = Command::new("valgrind");
+    vg.arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(c.get_program())
+        .args(c.get_args())
+        .env_clear()
+        .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    if let Some(d) = c.get_current_dir() {
+        vg.current_dir(d);
+    }
+    time(vg);
+    std::fs::read_to_string(&out)
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Times one run of `c` to its exit; it must succeed.
 fn time(mut c: Command) -> Duration {
     c.stdin(Stdio::null())
@@ -115,11 +186,24 @@ fn main() {
 
     let n = runs("QWEN_BENCH_RUNS", 300);
     let (mut ours, mut floor, mut truth) = (vec![], vec![], vec![]);
+    let (mut ours_usage, mut floor_usage) = (Usage::default(), Usage::default());
     for _ in 0..n {
+        let before = children_usage();
         ours.push(time(qwen(&["auth", "token"])));
+        ours_usage.add(before);
+        let before = children_usage();
         floor.push(time(Command::new(&hello)));
+        floor_usage.add(before);
         truth.push(time(Command::new("/bin/true")));
     }
+    // Under callgrind while the daemon still runs.
+    let counted: Vec<_> = [
+        ("qwen", "`qwen auth token`", qwen(&["auth", "token"])),
+        ("hello", "hello-world binary", Command::new(&hello)),
+    ]
+    .into_iter()
+    .filter_map(|(key, name, cmd)| Some((key, name, instructions(dir.path(), key, cmd)?)))
+    .collect();
     support::daemon::stop(&socket);
 
     stats::header();
@@ -136,6 +220,12 @@ fn main() {
         "",
     );
     stats::row("token.true", "`/bin/true`, exec to exit", truth, "");
+    ours_usage.record("usage.token.qwen", "`qwen auth token`");
+    floor_usage.record("usage.token.hello", "hello-world binary");
+    for (key, name, n) in counted {
+        println!("{name}: {n:.0} instructions (callgrind)");
+        stats::record(&format!("callgrind.token.{key}"), &[("instructions", n)]);
+    }
     let ratio = ours.p50.as_secs_f64() / floor.p50.as_secs_f64();
     match qwen_code(&home) {
         Ok(cmd) => {

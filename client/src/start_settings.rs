@@ -33,7 +33,12 @@ pub fn check(channel: &Channel) {
     }
     let mut client = DaemonClient::new(channel.clone());
     let task = tokio::spawn(async move {
-        let Ok(reply) = client.status(StatusRequest {}).await else {
+        let Ok(reply) = client
+            .status(StatusRequest {
+                include_start_settings: true,
+            })
+            .await
+        else {
             return;
         };
         let reply = reply.into_inner();

@@ -257,6 +257,34 @@ fn a_setting_read_at_start_that_differs_gets_one_warning_until_restart() {
     assert!(text(&out.stderr).contains("qwen daemon restart"));
 }
 
+/// The readiness probe stays cheap: the start settings come only when asked for.
+#[tokio::test]
+async fn status_reports_start_settings_only_when_asked() {
+    use qwend_shared::api::StatusRequest;
+    use qwend_shared::api::daemon_client::DaemonClient;
+    let env = TestEnv::new();
+    env.status();
+    let mut c = DaemonClient::new(qwend_shared::transport::connect(&env.socket).await.unwrap());
+    let plain = c
+        .status(StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(plain.start_settings.is_empty(), "{plain:?}");
+    assert!(plain.pid > 0);
+    let full = c
+        .status(StatusRequest {
+            include_start_settings: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        full.start_settings.get("QWEND_STATE_DIR"),
+        Some(&env.state.display().to_string())
+    );
+}
+
 #[test]
 fn restart_without_a_daemon_starts_one() {
     let env = TestEnv::new();

@@ -560,7 +560,7 @@ async fn helper_foreign_client() {
         .await
         .unwrap();
     let answer = qwend_shared::api::daemon_client::DaemonClient::new(channel)
-        .status(qwend_shared::api::StatusRequest {})
+        .status(qwend_shared::api::StatusRequest::default())
         .await;
     match answer {
         Ok(r) => println!("ANSWER ok pid {}", r.into_inner().pid),

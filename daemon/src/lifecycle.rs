@@ -168,7 +168,15 @@ fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(cli, socket, inherited, config));
+    // On a worker, not on this thread: `block_on` would poll the server (and so every new
+    // connection) here, and a connection would then wait for this thread to wake up and
+    // hand it to a worker, a second wake-up on the path of every fresh `qwen` command.
+    let cli = cli.clone();
+    let result = runtime.block_on(async move {
+        tokio::spawn(async move { serve(&cli, socket, inherited, config).await })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    });
     // Dropping the runtime would wait for every blocking job, forever for one stuck in a
     // read; the process must end all the same.
     runtime.shutdown_timeout(BLOCKING_GRACE);

@@ -627,7 +627,7 @@ mod tests {
         let channel = connect(&p).await.unwrap();
         let mut client = crate::api::daemon_client::DaemonClient::new(channel);
         let status = client
-            .status(crate::api::StatusRequest {})
+            .status(crate::api::StatusRequest::default())
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");

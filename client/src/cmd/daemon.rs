@@ -103,7 +103,9 @@ pub async fn run(action: DaemonAction, as_json: bool) -> Result<ExitCode, Client
 
 async fn status(channel: &Channel) -> Result<StatusResponse, ClientError> {
     Ok(DaemonClient::new(channel.clone())
-        .status(StatusRequest {})
+        .status(StatusRequest {
+            include_start_settings: true,
+        })
         .await?
         .into_inner())
 }

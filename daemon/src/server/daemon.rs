@@ -66,15 +66,21 @@ fn start_settings(var: impl Fn(&str) -> Option<String>) -> HashMap<String, Strin
 impl Daemon for DaemonService {
     async fn status(
         &self,
-        _req: Request<StatusRequest>,
+        req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        // Building the map costs more than the rest of the call: only when asked.
+        let start_settings = if req.get_ref().include_start_settings {
+            self.start_settings.clone()
+        } else {
+            HashMap::new()
+        };
         Ok(Response::new(StatusResponse {
             version: qwend_shared::VERSION.to_string(),
             protocol_version: qwend_shared::PROTOCOL_VERSION,
             pid: std::process::id(),
             uptime_s: self.state.started.elapsed().as_secs(),
             socket: self.state.socket.display().to_string(),
-            start_settings: self.start_settings.clone(),
+            start_settings,
         }))
     }
 
