@@ -25,45 +25,40 @@ const TOKEN: &str = "at-bench-0123456789";
 /// cli.js) does not have: the token rows use the release the oracle was written for.
 const ORACLE_VERSION: &str = "0.24.4";
 
-/// What the children reaped so far cost: page faults and CPU time (`cminflt`, `cutime`
-/// and `cstime` of `/proc/self/stat`). On a virtual machine a page fault costs micro-
-/// seconds, so a fresh process's time follows its fault count more than its instructions.
-fn children_usage() -> (u64, Duration) {
+/// Page faults of the children reaped so far (`cminflt` of `/proc/self/stat`). On a
+/// virtual machine a page fault costs microseconds, so a fresh process's time follows its
+/// fault count more than its instructions. (Its CPU time is not reported: the kernel's
+/// per-child figures are too coarse for a process this short.)
+fn children_faults() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the command name, which is in parentheses and may hold anything.
-    let rest: Vec<&str> = stat
-        .rsplit_once(')')
+    // Fields after the command name, which is in parentheses and may hold anything;
+    // the first of them is field 3 (state), and cminflt is field 11.
+    stat.rsplit_once(')')
         .expect("a command name")
         .1
         .split_whitespace()
-        .collect();
-    // `rest[0]` is field 3 (state): cminflt is field 11, cutime 16, cstime 17.
-    let field = |n: usize| rest[n - 3].parse::<u64>().expect("a number");
-    let ticks = field(16) + field(17);
-    (field(11), Duration::from_millis(ticks * 10)) // USER_HZ = 100
+        .nth(11 - 3)
+        .and_then(|f| f.parse().ok())
+        .expect("cminflt")
 }
 
-/// Per-run page faults and CPU time of `runs` runs of one command, accumulated.
+/// Page faults a run, over all runs of one command.
 #[derive(Default)]
-struct Usage {
+struct Faults {
     runs: u64,
-    faults: u64,
-    cpu: Duration,
+    total: u64,
 }
 
-impl Usage {
-    fn add(&mut self, before: (u64, Duration)) {
-        let after = children_usage();
+impl Faults {
+    fn add(&mut self, before: u64) {
         self.runs += 1;
-        self.faults += after.0 - before.0;
-        self.cpu += after.1 - before.1;
+        self.total += children_faults() - before;
     }
 
     fn record(&self, key: &str, what: &str) {
-        let faults = self.faults as f64 / self.runs as f64;
-        let cpu_us = self.cpu.as_secs_f64() * 1e6 / self.runs as f64;
-        println!("{what}: {faults:.0} page faults, {cpu_us:.0} µs of CPU a run");
-        stats::record(key, &[("faults", faults), ("cpu_us", cpu_us)]);
+        let per_run = self.total as f64 / self.runs as f64;
+        println!("{what}: {per_run:.0} page faults a run");
+        stats::record(key, &[("faults", per_run)]);
     }
 }
 
@@ -186,14 +181,14 @@ fn main() {
 
     let n = runs("QWEN_BENCH_RUNS", 300);
     let (mut ours, mut floor, mut truth) = (vec![], vec![], vec![]);
-    let (mut ours_usage, mut floor_usage) = (Usage::default(), Usage::default());
+    let (mut ours_faults, mut floor_faults) = (Faults::default(), Faults::default());
     for _ in 0..n {
-        let before = children_usage();
+        let before = children_faults();
         ours.push(time(qwen(&["auth", "token"])));
-        ours_usage.add(before);
-        let before = children_usage();
+        ours_faults.add(before);
+        let before = children_faults();
         floor.push(time(Command::new(&hello)));
-        floor_usage.add(before);
+        floor_faults.add(before);
         truth.push(time(Command::new("/bin/true")));
     }
     // Under callgrind while the daemon still runs.
@@ -220,8 +215,8 @@ fn main() {
         "",
     );
     stats::row("token.true", "`/bin/true`, exec to exit", truth, "");
-    ours_usage.record("usage.token.qwen", "`qwen auth token`");
-    floor_usage.record("usage.token.hello", "hello-world binary");
+    ours_faults.record("usage.token.qwen", "`qwen auth token`");
+    floor_faults.record("usage.token.hello", "hello-world binary");
     for (key, name, n) in counted {
         println!("{name}: {n:.0} instructions (callgrind)");
         stats::record(&format!("callgrind.token.{key}"), &[("instructions", n)]);

@@ -124,22 +124,6 @@ const COMMANDS: [&[&str]; 3] = [
     &["exec", "--", "true"],
 ];
 
-fn assert_refused(out: &std::process::Output, what: &str, must_name: &[&str]) {
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(5), "{what}: {err}");
-    assert!(
-        out.stdout.is_empty(),
-        "{what}: printed {}",
-        text(&out.stdout)
-    );
-    for s in must_name {
-        assert!(
-            err.contains(s),
-            "{what}: the message should name {s:?}: {err}"
-        );
-    }
-}
-
 #[test]
 fn a_socket_dir_made_by_another_user_gets_nothing() {
     if !need_root() {
@@ -484,6 +468,27 @@ async fn connection_cap_and_silent_connections() {
         .await
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A malformed limit stops the start with the variable's name, like every other setting,
+/// instead of quietly serving with a default nobody asked for.
+#[test]
+fn a_malformed_connection_limit_stops_the_start_with_its_name() {
+    for (var, value) in [
+        ("QWEND_MAX_CONNECTIONS", "lots"),
+        ("QWEND_MAX_CONNECTIONS", "0"),
+        ("QWEND_FIRST_REQUEST_TIMEOUT_MS", "-5"),
+    ] {
+        let env = TestEnv::new().with_var(var, value);
+        let out = env.qwen(&["daemon", "status", "--json"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{var}={value}: {err}");
+        assert!(
+            err.contains(var) && err.contains(value),
+            "{var}={value}: {err}"
+        );
+        assert!(!env.socket.exists(), "{var}={value}: nothing serves");
+    }
 }
 
 /// CPU time (user + system, in clock ticks) a process has used so far.

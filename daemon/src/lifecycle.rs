@@ -161,6 +161,9 @@ fn run(
     // Every path from the environment is made absolute before we leave the directory
     // that relative ones were meant against.
     let config = absolute_config(crate::config::Config::from_env()?);
+    // Like every setting, a bad value stops the start with its name rather than being
+    // replaced by a default nobody asked for.
+    let limits = server::ConnectionLimits::from_env().map_err(anyhow::Error::msg)?;
     crate::hygiene::leave_working_dir().context("cannot change directory to /")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -173,7 +176,7 @@ fn run(
     // hand it to a worker, a second wake-up on the path of every fresh `qwen` command.
     let cli = cli.clone();
     let result = runtime.block_on(async move {
-        tokio::spawn(async move { serve(&cli, socket, inherited, config).await })
+        tokio::spawn(async move { serve(&cli, socket, inherited, config, limits).await })
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     });
@@ -198,6 +201,7 @@ async fn serve(
     socket: PathBuf,
     inherited: Option<crate::activation::Inherited>,
     config: crate::config::Config,
+    limits: server::ConnectionLimits,
 ) -> anyhow::Result<DaemonLock> {
     let dir = socket
         .parent()
@@ -270,7 +274,7 @@ async fn serve(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        res = server::serve(state, listener, connections, stop) => res?,
+        res = server::serve(state, listener, connections, limits, stop) => res?,
         _ = grace => tracing::warn!(
             "in-flight calls still running after {}s; exiting anyway",
             SHUTDOWN_GRACE.as_secs()

@@ -528,3 +528,21 @@ pub fn wait_gone(pid: u32, deadline: Duration, what: &str) {
         std::thread::yield_now();
     }
 }
+
+/// A client that refused to talk to a socket: exit 5, nothing on stdout, and a message
+/// that names each of `must_name` (the path, its owner, the mode...).
+pub fn assert_refused(out: &Output, what: &str, must_name: &[&str]) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{what}: {err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{what}: printed {}",
+        text(&out.stdout)
+    );
+    for s in must_name {
+        assert!(
+            err.contains(s),
+            "{what}: the message should name {s:?}: {err}"
+        );
+    }
+}

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
+use secrecy::zeroize::Zeroizing;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
@@ -36,8 +37,9 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// The secret is wiped from memory when its session ends, like every secret we hold.
 struct Entry {
-    secret: [u8; 32],
+    secret: Zeroizing<[u8; 32]>,
     session: Arc<Session>,
 }
 
@@ -92,8 +94,12 @@ impl Secrets {
         max_sessions: usize,
         max_inflight: usize,
     ) -> Result<(String, Guard), SecretError> {
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| SecretError::Random(e.to_string()))?;
+        let mut secret = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut secret[..]).map_err(|e| SecretError::Random(e.to_string()))?;
+        let key = format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret[..])
+        );
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session {
             id,
@@ -108,10 +114,6 @@ impl Secrets {
             live.push(Entry { secret, session });
             self.count.send_replace(live.len());
         }
-        let key = format!(
-            "{PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
-        );
         Ok((
             key,
             Guard {
@@ -123,16 +125,16 @@ impl Secrets {
 
     /// The live session whose secret is `key`, if any.
     pub fn find(&self, key: &str) -> Option<Arc<Session>> {
-        let raw = key.strip_prefix(PREFIX).and_then(|b64| {
+        let raw = Zeroizing::new(key.strip_prefix(PREFIX).and_then(|b64| {
             base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(b64)
                 .ok()
-        })?;
-        let presented: [u8; 32] = raw.try_into().ok()?;
+        })?);
+        let presented = Zeroizing::new(<[u8; 32]>::try_from(raw.as_slice()).ok()?);
         let live = self.lock();
         let mut found = None;
         for e in live.iter() {
-            if bool::from(e.secret.ct_eq(&presented)) {
+            if bool::from(e.secret[..].ct_eq(&presented[..])) {
                 found = Some(e.session.clone());
             }
         }

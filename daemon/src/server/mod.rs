@@ -2,6 +2,7 @@
 mod auth;
 mod authority;
 mod conn;
+pub use conn::Limits as ConnectionLimits;
 mod daemon;
 mod env;
 mod events;
@@ -51,14 +52,9 @@ pub async fn serve(
     state: DaemonState,
     listener: UnixListener,
     connections: Arc<Connections>,
+    limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    // Read here, after the daemon reported ready: a bad value must not take it down, so it
-    // is logged and the default used.
-    let limits = conn::Limits::from_env().unwrap_or_else(|e| {
-        tracing::error!("{e}; using the default connection limits");
-        conn::Limits::default()
-    });
     // Both reflection versions: grpcurl speaks v1, Python's grpcio-reflection and several
     // GUI tools still speak v1alpha.
     let reflection = || {
