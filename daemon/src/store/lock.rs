@@ -75,7 +75,7 @@ impl CredsLock {
             match claim.create(path) {
                 Ok(written) => {
                     drop(claim);
-                    sweep_claims(path, clock);
+                    sweep_claims(path);
                     return Ok(Self {
                         path: path.to_path_buf(),
                         id: written.then_some(id),
@@ -192,8 +192,10 @@ impl<'a> Claim<'a> {
         if let Some(tmp) = &self.tmp {
             match fs::hard_link(tmp.path(), path) {
                 Ok(()) => return Ok(true),
-                Err(e) if !no_hard_links(&e) => return Err(e),
-                Err(_) => {}
+                // Our temp file gone (swept by someone else) or no hard links here: the
+                // plain exclusive create still excludes, only without the id up front.
+                Err(e) if e.kind() == io::ErrorKind::NotFound || no_hard_links(&e) => {}
+                Err(e) => return Err(e),
             }
         }
         let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
@@ -213,9 +215,11 @@ fn no_hard_links(e: &io::Error) -> bool {
 
 /// A daemon killed between preparing a claim and removing it leaves the temp file (a
 /// lock id, nothing secret). Whoever holds the lock removes those older than a minute,
-/// which no live acquire takes.
-fn sweep_claims(path: &Path, clock: &dyn Clock) {
-    super::fsutil::sweep_temp_files(path, clock, 60_000);
+/// which no live acquire takes. By the wall clock, not the injected one: this is about
+/// real files' real ages, and a test clock moved hours ahead must not sweep a claim
+/// another thread is making right now.
+fn sweep_claims(path: &Path) {
+    qwend_shared::files::sweep_temp_files(path, Some(SystemTime::now() - Duration::from_secs(60)));
 }
 
 /// What we write into the lock: Qwen Code writes a bare UUID and only ever looks at the
@@ -431,11 +435,30 @@ mod tests {
         fs::write(&old, "id").unwrap();
         fs::write(&young, "id").unwrap();
         set_age(&old, 120);
-        CredsLock::acquire(&path, &SystemClock, &quick())
+        // A test clock a day ahead judges staleness, not the ages of real files.
+        let ahead = ManualClock::new(SystemClock.now_ms() + 86_400_000);
+        CredsLock::acquire(&path, &*ahead, &quick())
             .unwrap()
             .release();
         assert!(!old.exists());
         assert!(young.exists(), "a claim being made right now stays");
+    }
+
+    /// Our claim swept away under us (by a sweep of another process): the plain exclusive
+    /// create takes over and the lock is still ours.
+    #[test]
+    fn a_claim_that_vanished_falls_back_to_the_exclusive_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oauth_creds.lock");
+        let claim = Claim::prepare(&path, "the-id");
+        fs::remove_file(claim.tmp.as_ref().unwrap().path()).unwrap();
+        assert!(claim.create(&path).unwrap(), "the id written directly");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "the-id");
+        assert_eq!(
+            claim.create(&path).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists,
+            "and it still excludes"
+        );
     }
 
     #[test]
