@@ -304,8 +304,9 @@ fn restored_after(keys: &[&str]) {
     for (i, k) in keys.iter().enumerate() {
         s.send(k).unwrap();
         // A first Ctrl-C on an empty line only says how to leave. The next key waits for
-        // the prompt: the line editor puts the terminal back in raw mode before drawing it,
-        // and a Ctrl-C typed before that is a SIGINT rather than a key.
+        // the prompt: a Ctrl-C typed before the session takes the terminal again is a
+        // SIGINT, which would kill the `sh -c` around it (the session itself takes it as
+        // the key: see `a_second_ctrl_c_sent_before_the_prompt_is_back_still_leaves`).
         if *k == "\x03" && i + 1 < keys.len() {
             pty::expect(&mut s, "(Ctrl-C again, Ctrl-D or /quit to leave)");
             pty::expect(&mut s, PROMPT);
@@ -327,6 +328,51 @@ fn ctrl_d_leaves_with_the_terminal_restored() {
 #[test]
 fn ctrl_c_twice_on_an_empty_line_leaves_with_the_terminal_restored() {
     restored_after(&["\x03", "\x03"]);
+}
+
+/// The second Ctrl-C sent the moment the hint appears: the line editor has left raw mode
+/// and may not be back yet, so the key can arrive as a SIGINT instead of a key. Either way
+/// the session leaves (it used to swallow the signal and wait at the prompt).
+#[test]
+fn a_second_ctrl_c_sent_before_the_prompt_is_back_still_leaves() {
+    let env = TestEnv::new();
+    // Spawned directly, not under `sh -c`: a SIGINT goes to the whole foreground group,
+    // and a non-interactive shell would die of it (an interactive one ignores it).
+    let mut cmd = pty_qwen(&env, &[]);
+    cmd.env("OPENAI_API_KEY", "sk-x")
+        .env("OPENAI_BASE_URL", "http://127.0.0.1:9/v1");
+    let mut s = pty::spawn(cmd);
+    pty::expect(&mut s, PROMPT);
+    s.send("\x03").unwrap();
+    pty::expect(&mut s, "(Ctrl-C again, Ctrl-D or /quit to leave)");
+    s.send("\x03").unwrap();
+    let rest = pty::rest(&mut s);
+    assert_eq!(pty::exit_code(&s), 0, "{rest}");
+}
+
+/// A Ctrl-C that cancelled an answer is spent: the prompt after it does not take it as a
+/// first Ctrl-C on an empty line (one more leaves only after the hint).
+#[test]
+fn a_ctrl_c_that_cancelled_an_answer_is_not_counted_at_the_prompt() {
+    let env = TestEnv::new();
+    let mock = OpenAiMock::start();
+    mock.push(Reply::Stream {
+        pieces: vec!["Partial".into(), " never".into()],
+        gate_after: Some(1),
+    });
+    let mut cmd = pty_qwen(&env, &["-i", "tell me a long story"]);
+    cmd.env("OPENAI_API_KEY", "sk-x")
+        .env("OPENAI_BASE_URL", mock.base_url());
+    let mut s = pty::spawn(cmd);
+    pty::expect(&mut s, "Partial");
+    s.send("\x03").unwrap();
+    pty::expect(&mut s, "(cancelled)");
+    pty::expect(&mut s, PROMPT);
+    s.send("\x03").unwrap();
+    pty::expect(&mut s, "(Ctrl-C again, Ctrl-D or /quit to leave)");
+    say(&mut s, "/quit");
+    let rest = pty::rest(&mut s);
+    assert_eq!(pty::exit_code(&s), 0, "{rest}");
 }
 
 #[test]

@@ -55,6 +55,12 @@ type Inner = rustyline::Editor<Helper, FileHistory>;
 pub struct Editor {
     inner: Arc<Mutex<Inner>>,
     interrupted_empty: Arc<AtomicBool>,
+    /// Set by a SIGINT: a Ctrl-C typed while no line is being edited (the terminal is in
+    /// its normal mode then, so the key becomes a signal instead of reaching the editor).
+    /// The next read takes it as Ctrl-C on an empty line, so a fast second Ctrl-C is not
+    /// lost between two reads. Whoever handles a Ctrl-C of its own (an answer, a login)
+    /// calls [`Editor::forget_interrupts`].
+    interrupts: Arc<AtomicBool>,
     history: Option<PathBuf>,
     notices: Notices,
 }
@@ -145,9 +151,13 @@ impl Editor {
         {
             crate::term::warn(&format!("cannot read the history {}: {e}", p.display()));
         }
+        let interrupts = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGINT, interrupts.clone())
+            .map_err(|e| ClientError::Output(format!("cannot handle Ctrl-C: {e}")))?;
         Ok(Self {
             inner: Arc::new(Mutex::new(inner)),
             interrupted_empty,
+            interrupts,
             history,
             notices: Notices::default(),
         })
@@ -155,6 +165,11 @@ impl Editor {
 
     pub fn notices(&self) -> Notices {
         self.notices.clone()
+    }
+
+    /// Drops a Ctrl-C that someone else has acted on (see `interrupts`).
+    pub fn forget_interrupts(&self) {
+        self.interrupts.store(false, Ordering::SeqCst);
     }
 
     /// Read one entry off the async thread, so events can be printed meanwhile.
@@ -171,6 +186,13 @@ impl Editor {
             .inner
             .lock()
             .map_err(|_| ClientError::Output("the line editor failed earlier".into()))?;
+        // From here until the editor is done, Ctrl-C stays a key: typed before the editor
+        // takes the terminal it waits in the input for it, instead of becoming a SIGINT
+        // that nobody reads. One typed earlier (a signal already) is in `interrupts`.
+        let _keys = ctrl_c::AsKey::new();
+        if self.interrupts.swap(false, Ordering::SeqCst) {
+            return Ok(Read::Interrupted { empty: true });
+        }
         self.interrupted_empty.store(false, Ordering::SeqCst);
         self.notices.editing(Some(prompt));
         let read = ed.readline(prompt);
@@ -194,6 +216,48 @@ impl Editor {
             Err(e) => Err(ClientError::Output(format!(
                 "cannot read the terminal: {e}"
             ))),
+        }
+    }
+}
+
+#[cfg(unix)]
+mod ctrl_c {
+    use rustix::termios::{LocalModes, OptionalActions, Termios, tcgetattr, tcsetattr};
+
+    /// The terminal's Ctrl-C delivered as a key rather than a SIGINT (`ISIG` off) until
+    /// dropped; then the settings from before come back. Nothing when stdin is no terminal.
+    pub struct AsKey(Option<Termios>);
+
+    impl AsKey {
+        pub fn new() -> Self {
+            let stdin = std::io::stdin();
+            let Ok(saved) = tcgetattr(&stdin) else {
+                return Self(None);
+            };
+            let mut keys = saved.clone();
+            keys.local_modes &= !LocalModes::ISIG;
+            match tcsetattr(&stdin, OptionalActions::Now, &keys) {
+                Ok(()) => Self(Some(saved)),
+                Err(_) => Self(None),
+            }
+        }
+    }
+
+    impl Drop for AsKey {
+        fn drop(&mut self) {
+            if let Some(saved) = &self.0 {
+                let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, saved);
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod ctrl_c {
+    pub struct AsKey;
+    impl AsKey {
+        pub fn new() -> Self {
+            AsKey
         }
     }
 }

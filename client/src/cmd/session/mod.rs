@@ -70,6 +70,7 @@ pub async fn run(args: PromptArgs) -> Result<ExitCode, ClientError> {
     if let Some(first) = args.interactive.filter(|p| !p.trim().is_empty()) {
         println!("{PROMPT}{first}");
         s.turn(first).await;
+        s.editor.forget_interrupts();
     }
     let mut interrupted_once = false;
     loop {
@@ -94,7 +95,9 @@ pub async fn run(args: PromptArgs) -> Result<ExitCode, ClientError> {
                         break;
                     }
                 } else {
+                    // A Ctrl-C during the answer cancelled it; it is not one at the prompt.
                     s.turn(line).await;
+                    s.editor.forget_interrupts();
                 }
             }
         }
@@ -161,7 +164,10 @@ impl Session {
                     }
                 },
             };
-            match self.make_work(m).await {
+            let made = self.make_work(m).await;
+            // A Ctrl-C that cancelled the login must not also back out of the menu.
+            self.editor.forget_interrupts();
+            match made {
                 Ok(()) => return true,
                 // The login was cancelled (Ctrl-C): choose again.
                 Err(ClientError::Exit(_)) => {}
