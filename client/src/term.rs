@@ -84,6 +84,34 @@ pub fn human_duration(ms: u64) -> String {
     }
 }
 
+/// Some of a terminal's local modes (`ECHO`, `ISIG`, ...) turned off until dropped; then
+/// the settings from before come back. `None` when `tty` is no terminal.
+#[cfg(unix)]
+pub struct ModesOff<F: std::os::fd::AsFd> {
+    tty: F,
+    saved: rustix::termios::Termios,
+}
+
+#[cfg(unix)]
+impl<F: std::os::fd::AsFd> ModesOff<F> {
+    pub fn new(tty: F, modes: rustix::termios::LocalModes) -> Option<Self> {
+        use rustix::termios::{OptionalActions, tcgetattr, tcsetattr};
+        let saved = tcgetattr(&tty).ok()?;
+        let mut changed = saved.clone();
+        changed.local_modes &= !modes;
+        tcsetattr(&tty, OptionalActions::Now, &changed).ok()?;
+        Some(Self { tty, saved })
+    }
+}
+
+#[cfg(unix)]
+impl<F: std::os::fd::AsFd> Drop for ModesOff<F> {
+    fn drop(&mut self) {
+        use rustix::termios::{OptionalActions, tcsetattr};
+        let _ = tcsetattr(&self.tty, OptionalActions::Now, &self.saved);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

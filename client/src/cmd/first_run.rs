@@ -48,7 +48,7 @@ pub async fn api_key(channel: &Channel, ctx: &ClientContext) -> Result<(), Clien
     let key = {
         // Echo goes off before the prompt appears: rpassword prints first and configures
         // the terminal after, so a fast typist (or paste) could see the key echoed.
-        let _quiet = echo::Off::new();
+        let _quiet = quiet_terminal();
         rpassword::prompt_password("API key (input hidden): ")
             .map_err(|e| ClientError::Usage(format!("cannot read the key: {e}")))?
     };
@@ -101,46 +101,21 @@ pub async fn api_key(channel: &Channel, ctx: &ClientContext) -> Result<(), Clien
     }
 }
 
+/// Echo off on the controlling terminal until dropped (nothing where there is none).
 #[cfg(unix)]
-mod echo {
-    use rustix::termios::{LocalModes, OptionalActions, Termios, tcgetattr, tcsetattr};
-
-    /// Terminal echo off until dropped (then the previous settings come back).
-    pub struct Off {
-        tty: std::fs::File,
-        saved: Termios,
-    }
-
-    impl Off {
-        pub fn new() -> Option<Self> {
-            let tty = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/tty")
-                .ok()?;
-            let saved = tcgetattr(&tty).ok()?;
-            let mut quiet = saved.clone();
-            quiet.local_modes &= !(LocalModes::ECHO | LocalModes::ECHONL);
-            tcsetattr(&tty, OptionalActions::Now, &quiet).ok()?;
-            Some(Self { tty, saved })
-        }
-    }
-
-    impl Drop for Off {
-        fn drop(&mut self) {
-            let _ = tcsetattr(&self.tty, OptionalActions::Now, &self.saved);
-        }
-    }
+fn quiet_terminal() -> Option<crate::term::ModesOff<std::fs::File>> {
+    use rustix::termios::LocalModes;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .ok()?;
+    crate::term::ModesOff::new(tty, LocalModes::ECHO | LocalModes::ECHONL)
 }
 
 #[cfg(not(unix))]
-mod echo {
-    pub struct Off;
-    impl Off {
-        pub fn new() -> Option<Self> {
-            None
-        }
-    }
+fn quiet_terminal() -> Option<()> {
+    None
 }
 
 /// Set `vars` in a dotenv file, keeping every other line. Earlier one-line assignments of

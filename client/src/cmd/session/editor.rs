@@ -189,7 +189,7 @@ impl Editor {
         // From here until the editor is done, Ctrl-C stays a key: typed before the editor
         // takes the terminal it waits in the input for it, instead of becoming a SIGINT
         // that nobody reads. One typed earlier (a signal already) is in `interrupts`.
-        let _keys = ctrl_c::AsKey::new();
+        let _keys = ctrl_c_as_key();
         if self.interrupts.swap(false, Ordering::SeqCst) {
             return Ok(Read::Interrupted { empty: true });
         }
@@ -220,46 +220,16 @@ impl Editor {
     }
 }
 
+/// The terminal's Ctrl-C delivered as a key rather than a SIGINT (`ISIG` off) until
+/// dropped; nothing when stdin is no terminal.
 #[cfg(unix)]
-mod ctrl_c {
-    use rustix::termios::{LocalModes, OptionalActions, Termios, tcgetattr, tcsetattr};
-
-    /// The terminal's Ctrl-C delivered as a key rather than a SIGINT (`ISIG` off) until
-    /// dropped; then the settings from before come back. Nothing when stdin is no terminal.
-    pub struct AsKey(Option<Termios>);
-
-    impl AsKey {
-        pub fn new() -> Self {
-            let stdin = std::io::stdin();
-            let Ok(saved) = tcgetattr(&stdin) else {
-                return Self(None);
-            };
-            let mut keys = saved.clone();
-            keys.local_modes &= !LocalModes::ISIG;
-            match tcsetattr(&stdin, OptionalActions::Now, &keys) {
-                Ok(()) => Self(Some(saved)),
-                Err(_) => Self(None),
-            }
-        }
-    }
-
-    impl Drop for AsKey {
-        fn drop(&mut self) {
-            if let Some(saved) = &self.0 {
-                let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, saved);
-            }
-        }
-    }
+fn ctrl_c_as_key() -> Option<crate::term::ModesOff<std::io::Stdin>> {
+    crate::term::ModesOff::new(std::io::stdin(), rustix::termios::LocalModes::ISIG)
 }
 
 #[cfg(not(unix))]
-mod ctrl_c {
-    pub struct AsKey;
-    impl AsKey {
-        pub fn new() -> Self {
-            AsKey
-        }
-    }
+fn ctrl_c_as_key() -> Option<()> {
+    None
 }
 
 /// The history file exists 0600 (in a 0700 dir when we create it) before rustyline writes
