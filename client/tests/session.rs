@@ -16,6 +16,19 @@ fn pty_qwen(env: &TestEnv, args: &[&str]) -> std::process::Command {
     cmd
 }
 
+/// [`pty_qwen`] with an OpenAI-compatible key and base URL in the environment.
+fn pty_qwen_with_key(
+    env: &TestEnv,
+    args: &[&str],
+    key: &str,
+    base_url: impl AsRef<std::ffi::OsStr>,
+) -> std::process::Command {
+    let mut cmd = pty_qwen(env, args);
+    cmd.env("OPENAI_API_KEY", key)
+        .env("OPENAI_BASE_URL", base_url);
+    cmd
+}
+
 /// A Qwen OAuth login held by the daemon's store (as Qwen Code writes it), whose API host is
 /// `api`, and `selected` as the method.
 fn oauth_login(env: &TestEnv, api: &OpenAiMock, selected: &str) {
@@ -125,9 +138,7 @@ fn auth_qwen_oauth_with_a_login_present_sends_the_next_message_with_the_oauth_to
     let key_api = OpenAiMock::start();
     let oauth_api = OpenAiMock::start();
     oauth_login(&env, &oauth_api, "openai");
-    let mut cmd = pty_qwen(&env, &[]);
-    cmd.env("OPENAI_API_KEY", "sk-env-secret")
-        .env("OPENAI_BASE_URL", key_api.base_url());
+    let cmd = pty_qwen_with_key(&env, &[], "sk-env-secret", key_api.base_url());
     let mut s = pty::spawn(cmd);
     let mut seen = pty::expect(&mut s, PROMPT);
     assert!(seen.contains("openai"), "{seen}");
@@ -233,9 +244,7 @@ fn a_switch_made_by_another_client_is_announced_and_used_for_the_next_message() 
     let key_api = OpenAiMock::start();
     let oauth_api = OpenAiMock::start();
     oauth_login(&env, &oauth_api, "openai");
-    let mut cmd = pty_qwen(&env, &[]);
-    cmd.env("OPENAI_API_KEY", "sk-env-secret")
-        .env("OPENAI_BASE_URL", key_api.base_url());
+    let cmd = pty_qwen_with_key(&env, &[], "sk-env-secret", key_api.base_url());
     let mut s = pty::spawn(cmd);
     let mut seen = pty::expect(&mut s, PROMPT);
 
@@ -263,9 +272,12 @@ fn ctrl_c_cancels_the_answer_being_streamed_and_the_session_goes_on() {
         pieces: vec!["Partial".into(), " never".into()],
         gate_after: Some(1),
     });
-    let mut cmd = pty_qwen(&env, &["-i", "tell me a long story"]);
-    cmd.env("OPENAI_API_KEY", "sk-x")
-        .env("OPENAI_BASE_URL", mock.base_url());
+    let cmd = pty_qwen_with_key(
+        &env,
+        &["-i", "tell me a long story"],
+        "sk-x",
+        mock.base_url(),
+    );
     let mut s = pty::spawn(cmd);
     let mut seen = pty::expect(&mut s, "Partial");
     s.send("\x03").unwrap();
@@ -343,9 +355,7 @@ fn a_second_ctrl_c_sent_before_the_prompt_is_back_still_leaves() {
     let env = TestEnv::new();
     // Spawned directly, not under `sh -c`: a SIGINT goes to the whole foreground group,
     // and a non-interactive shell would die of it (an interactive one ignores it).
-    let mut cmd = pty_qwen(&env, &[]);
-    cmd.env("OPENAI_API_KEY", "sk-x")
-        .env("OPENAI_BASE_URL", "http://127.0.0.1:9/v1");
+    let cmd = pty_qwen_with_key(&env, &[], "sk-x", "http://127.0.0.1:9/v1");
     let mut s = pty::spawn(cmd);
     pty::expect(&mut s, PROMPT);
     s.send("\x03").unwrap();
@@ -360,9 +370,7 @@ fn history_survives_a_restart_of_the_session_and_is_private() {
     let env = TestEnv::new();
     let mock = OpenAiMock::start();
     let session = || {
-        let mut cmd = pty_qwen(&env, &[]);
-        cmd.env("OPENAI_API_KEY", "sk-x")
-            .env("OPENAI_BASE_URL", mock.base_url());
+        let cmd = pty_qwen_with_key(&env, &[], "sk-x", mock.base_url());
         pty::spawn(cmd)
     };
     let mut s = session();
@@ -400,10 +408,8 @@ fn errors_are_one_line_and_slash_commands_complete_on_tab() {
         &[],
         r#"{"error":{"message":"upstream\nexploded for sk-x-secret"}}"#,
     ));
-    let mut cmd = pty_qwen(&env, &[]);
-    cmd.env("OPENAI_API_KEY", "sk-x-secret")
-        .env("OPENAI_BASE_URL", mock.base_url())
-        .env("OPENAI_MODEL", "m-one");
+    let mut cmd = pty_qwen_with_key(&env, &[], "sk-x-secret", mock.base_url());
+    cmd.env("OPENAI_MODEL", "m-one");
     let mut s = pty::spawn(cmd);
     let mut seen = pty::expect(&mut s, PROMPT);
     say(&mut s, "hi");
@@ -440,10 +446,8 @@ fn a_refused_key_is_retried_once_and_a_used_up_key_is_named_as_in_prompt_mode() 
     let refused = r#"{"error":{"message":"bad key"}}"#;
     mock.push(Reply::status(401, &[], refused));
     mock.push(Reply::status(401, &[], refused));
-    let mut cmd = pty_qwen(&env, &[]);
-    cmd.env("OPENAI_API_KEY", "sk-r-secret")
-        .env("OPENAI_BASE_URL", mock.base_url())
-        .env("OPENAI_MODEL", "m-one");
+    let mut cmd = pty_qwen_with_key(&env, &[], "sk-r-secret", mock.base_url());
+    cmd.env("OPENAI_MODEL", "m-one");
     let mut s = pty::spawn(cmd);
     let mut seen = pty::expect(&mut s, PROMPT);
     say(&mut s, "hi");
@@ -535,9 +539,7 @@ fn a_logout_made_elsewhere_is_announced_and_the_next_message_says_what_to_do() {
 fn a_daemon_that_stops_is_announced_and_started_again_by_the_next_message() {
     let env = TestEnv::new();
     let mock = OpenAiMock::start();
-    let mut cmd = pty_qwen(&env, &[]);
-    cmd.env("OPENAI_API_KEY", "sk-x")
-        .env("OPENAI_BASE_URL", mock.base_url());
+    let cmd = pty_qwen_with_key(&env, &[], "sk-x", mock.base_url());
     let mut s = pty::spawn(cmd);
     pty::expect(&mut s, PROMPT);
     let first = env.daemon_pid();
