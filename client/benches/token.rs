@@ -30,16 +30,7 @@ const ORACLE_VERSION: &str = "0.24.4";
 /// fault count more than its instructions. (Its CPU time is not reported: the kernel's
 /// per-child figures are too coarse for a process this short.)
 fn children_faults() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the command name, which is in parentheses and may hold anything;
-    // the first of them is field 3 (state), and cminflt is field 11.
-    stat.rsplit_once(')')
-        .expect("a command name")
-        .1
-        .split_whitespace()
-        .nth(11 - 3)
-        .and_then(|f| f.parse().ok())
-        .expect("cminflt")
+    support::daemon::stat_field("self", 11) // cminflt
 }
 
 /// Page faults a run, over all runs of one command.

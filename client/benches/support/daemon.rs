@@ -51,16 +51,24 @@ pub fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The process's CPU time (user + system) so far, from /proc.
-pub fn cpu(pid: u32) -> Duration {
+/// Field `n` (1-based, as `man 5 proc` numbers them) of `/proc/<pid>/stat`, `pid` being
+/// a number or `self`. The command name (field 2) is in parentheses and may hold anything,
+/// so fields are counted from its closing one.
+pub fn stat_field(pid: &str, n: usize) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
+    stat.rsplit_once(')')
         .unwrap()
         .1
         .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        .nth(n - 3)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("field {n} of /proc/{pid}/stat"))
+}
+
+/// The process's CPU time (user + system) so far, from /proc.
+pub fn cpu(pid: u32) -> Duration {
+    let pid = pid.to_string();
+    let ticks = stat_field(&pid, 14) + stat_field(&pid, 15);
     Duration::from_millis(ticks * 10) // USER_HZ = 100
 }
 
