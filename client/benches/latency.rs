@@ -304,14 +304,7 @@ fn callgrind(dir: &Path, d: &Daemon, rt: &tokio::runtime::Runtime) {
         });
         support::daemon::stop(&socket);
         assert!(child.0.wait().unwrap().success() || out.is_file());
-        let text = std::fs::read_to_string(&out).expect("callgrind's output");
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("totals:")
-                    .or_else(|| l.strip_prefix("summary:"))
-            })
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .expect("a total in callgrind's output")
+        stats::callgrind_total(&out).expect("a total in callgrind's output")
     };
     let (few, many) = (50, 550);
     let mut run = 0;

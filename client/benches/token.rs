@@ -69,17 +69,7 @@ fn instructions(dir: &Path, name: &str, c: Command) -> Option<f64> {
         vg.current_dir(d);
     }
     time(vg);
-    std::fs::read_to_string(&out)
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    stats::callgrind_total(&out)
 }
 
 /// Times one run of `c` to its exit; it must succeed.

@@ -85,3 +85,18 @@ pub fn record(key: &str, fields: &[(&str, f64)]) {
     }
     println!("{line}");
 }
+
+/// The instruction total of a callgrind output file (its `totals:` or `summary:` line).
+pub fn callgrind_total(out: &std::path::Path) -> Option<f64> {
+    std::fs::read_to_string(out)
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
